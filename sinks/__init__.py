@@ -1,0 +1,1 @@
+"""Outputs of idstream (Kafka topics, webhooks, the warehouse). Filled by later issues."""
