@@ -1,0 +1,629 @@
+"""The in-memory identity graph: the reference implementation of identity resolution.
+
+Semantics (the Redis store must match them exactly)
+----------------------------------------------------
+* **Nodes** are normalized identifiers; an event whose identifiers are seen
+  together is **evidence** (event id, source, time, rule) that they belong to
+  one person. A **person** is a set of nodes joined by accepted evidence, with a
+  stable ``profile_id``.
+* **Canonical order.** The result of a set of events is defined as applying them
+  one by one in ``(occurred_at, event_id)`` order. Within an event, identifiers
+  are taken strongest kind first (``ResolutionPolicy.kind_priority``): the
+  persons of already known identifiers are merged into the first one, then new
+  identifiers join it. A merge or join that would give a person more distinct
+  values of a kind than ``ResolutionPolicy.limits`` allow is **refused** and
+  reported as a :class:`Conflict`; a refused new identifier becomes a person of
+  its own. ``identity_link`` events link regardless of limits.
+* **Order independence.** Events usually arrive in order and are applied
+  incrementally. An event that is older than the newest event of the evidence
+  group it touches (the nodes connected by any evidence, accepted or refused)
+  makes the graph replay that group in canonical order, so the final persons
+  never depend on arrival order.
+* **Stable ids.** A new person's id derives from the event that created it and
+  its first identifier. When two persons merge, the one holding an anchor kind
+  (``crm_contact_id`` by default) survives, else the older one; the other id is
+  retired and redirects to the survivor.
+* **Idempotence.** A repeated ``event_id`` changes nothing.
+* A touch belongs to the person holding its strongest identifier. Touches are
+  folded per strongest identifier (:mod:`identity.golden`), and a person's
+  golden profile is the fold of its identifiers' aggregates, so re-resolving
+  never has to replay touches.
+
+Cost model
+----------
+* In canonical processing persons only grow, so a refused merge stays refused
+  and an event whose set of identifiers was seen earlier links nothing new. Only
+  the earliest event per distinct identifier set is kept as evidence: memory
+  grows with identifiers and their combinations, not with touches.
+* A *history forest* (union by size, never path-compressed, each link stamped
+  with the key of the event that made it) answers "were these identifiers one
+  person at time k?" exactly. A late event whose identifiers already were one
+  person at its time needs no replay; only a late event that brings new
+  structure replays its evidence group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, NamedTuple
+
+from identity.errors import UnsupportedEvent
+from identity.golden import Golden
+from identity.normalize import Identifier, Normalizer, Rejection
+from identity.policy import ResolutionPolicy
+from identity.touch import LINKING_TYPES, Touch, TouchType
+
+__all__ = [
+    "ApplyResult",
+    "ChangeKind",
+    "Conflict",
+    "Evidence",
+    "IdentityGraph",
+    "ProfileChange",
+    "profile_id_for",
+]
+
+ChangeKind = Literal["created", "updated", "merged", "split"]
+Status = Literal["applied", "reordered", "duplicate", "unresolved"]
+EventKey = tuple[int, str]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _evidence_key(ev: _Evidence) -> EventKey:
+    return ev.key
+
+
+def profile_id_for(event_id: str, ident: Identifier) -> str:
+    """The id of a person first created by ``event_id`` around ``ident``.
+
+    A hash, so the same events give the same ids on every replay and in every
+    store, and no identifier value leaks into an id.
+    """
+    digest = hashlib.blake2b(digest_size=10)
+    for part in (event_id, ident.kind, ident.value):
+        raw = part.encode()
+        digest.update(len(raw).to_bytes(4, "big"))
+        digest.update(raw)
+    return "p_" + digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """An edge of the identity graph: two identifiers seen together on one event."""
+
+    a: Identifier
+    b: Identifier
+    event_id: str
+    source: str
+    occurred_at: datetime
+    rule: str  # "co_occurrence" or "manual_link"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": {"kind": self.a.kind, "value": self.a.value},
+            "b": {"kind": self.b.kind, "value": self.b.value},
+            "event_id": self.event_id,
+            "source": self.source,
+            "occurred_at": self.occurred_at.isoformat(),
+            "rule": self.rule,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A merge the policy refused: ``identifier`` could not join ``profile_id``."""
+
+    event_id: str
+    kind: str
+    limit: int
+    profile_id: str
+    other_profile_id: str
+    identifier: Identifier
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "reason": "limit_exceeded",
+            "kind": self.kind,
+            "limit": self.limit,
+            "profile_id": self.profile_id,
+            "other_profile_id": self.other_profile_id,
+            "identifier": {"kind": self.identifier.kind, "value": self.identifier.value},
+        }
+
+
+class ProfileChange(NamedTuple):
+    """What happened to one person because of one event."""
+
+    kind: ChangeKind
+    profile_id: str
+    event_id: str
+    merged_from: tuple[str, ...] = ()
+    split_from: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "profile_id": self.profile_id,
+            "event_id": self.event_id,
+            "merged_from": list(self.merged_from),
+            "split_from": list(self.split_from),
+        }
+
+
+class ApplyResult(NamedTuple):
+    """The outcome of one event (a tuple: cheap to make on the hot path)."""
+
+    event_id: str
+    status: Status
+    profile_id: str | None = None
+    changes: tuple[ProfileChange, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+
+
+class _Evidence:
+    """The earliest event that showed one set of identifiers together."""
+
+    __slots__ = ("ids", "key", "manual", "touch")
+
+    def __init__(self, key: EventKey, touch: Touch, ids: tuple[Identifier, ...], manual: bool) -> None:
+        self.key = key
+        self.touch = touch
+        self.ids = ids  # distinct, strongest first
+        self.manual = manual
+
+    @property
+    def signature(self) -> tuple[frozenset[Identifier], bool]:
+        return frozenset(self.ids), self.manual
+
+
+class _Person:
+    __slots__ = ("counts", "created", "hroot", "id", "nodes")
+
+    def __init__(self, pid: str, created: EventKey, hroot: Identifier) -> None:
+        self.id = pid
+        self.created = created
+        self.hroot = hroot  # root of its tree in the history forest
+        self.nodes: list[Identifier] = []
+        self.counts: dict[str, int] = {}
+
+
+@dataclass(slots=True)
+class _Group:
+    """An evidence group: nodes joined by any evidence, accepted or refused."""
+
+    max_key: EventKey
+    nodes: list[Identifier] = field(default_factory=list)
+    evidence: dict[tuple[frozenset[Identifier], bool], _Evidence] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Step:
+    """What one in-order application did (collected into changes)."""
+
+    created: list[_Person] = field(default_factory=list)
+    absorbed: dict[str, str] = field(default_factory=dict)  # retired id -> survivor id
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+class IdentityGraph:
+    """Identity resolution over an in-memory graph. Not thread-safe; no I/O."""
+
+    def __init__(self, policy: ResolutionPolicy | None = None, normalizer: Normalizer | None = None) -> None:
+        self.policy = policy or ResolutionPolicy()
+        self.normalizer = normalizer or Normalizer()
+        self._owner: dict[Identifier, _Person] = {}
+        self._persons: dict[str, _Person] = {}
+        self._redirects: dict[str, str] = {}
+        self._seen: set[str] = set()
+        self._aggs: dict[Identifier, Golden] = {}  # touches, by their strongest identifier
+        # evidence groups: a disjoint-set forest over nodes, group data at the roots
+        self._parent: dict[Identifier, Identifier] = {}
+        self._groups: dict[Identifier, _Group] = {}
+        # the history forest (see the module's cost model)
+        self._born: dict[Identifier, EventKey] = {}
+        self._hparent: dict[Identifier, Identifier] = {}
+        self._hkey: dict[Identifier, EventKey] = {}
+        self._hsize: dict[Identifier, int] = {}
+        self._ranks: dict[str, tuple[int, str]] = {}
+        self._trust: dict[tuple[str, str], int] = {}
+        #: late events that made the graph replay an evidence group
+        self.reorders = 0
+        #: late events that brought no new structure and needed no replay
+        self.late_without_replay = 0
+
+    # ------------------------------------------------------------------ public API
+
+    def apply(self, touch: Touch) -> ApplyResult:
+        """Apply one touch event and say what changed."""
+        eid = touch.event_id
+        if eid in self._seen:
+            return ApplyResult(eid, "duplicate", self._primary_of(touch))
+        if touch.type not in LINKING_TYPES:
+            raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
+        accepted, rejected = self.normalizer.normalize_many(touch.identifiers)
+        self._seen.add(eid)
+        bad = tuple(rejected)
+        if not accepted:
+            return ApplyResult(eid, "unresolved", rejected=bad)
+        key = touch.key
+        manual = touch.type is TouchType.IDENTITY_LINK
+        strongest = accepted[0] if len(accepted) == 1 else min(accepted, key=self._order)
+        self._fold(touch, key, strongest)
+        owner = self._owner
+        person = owner.get(strongest)
+        if person is not None:
+            # The steady state: the identifiers are known. Often nothing structural can change.
+            group = self._groups[self._find(strongest)]
+            signature = (frozenset(accepted), manual)
+            held = group.evidence.get(signature)
+            if held is not None and held.key < key:
+                return ApplyResult(eid, "applied", person.id, (ProfileChange("updated", person.id, eid),), (), bad)
+            if (held is not None or all(owner.get(i) is person for i in accepted)) and (
+                group.max_key < key or self._already_joined(accepted, key)
+            ):
+                if group.max_key < key:
+                    group.max_key = key
+                else:
+                    self.late_without_replay += 1
+                group.evidence[signature] = _Evidence(key, touch, tuple(accepted), manual)
+                return ApplyResult(eid, "applied", person.id, (ProfileChange("updated", person.id, eid),), (), bad)
+        ids = tuple(sorted(accepted, key=self._order))
+        event = _Evidence(key, touch, ids, manual)
+        roots = {self._find(i) for i in ids if i in self._parent}
+        if all(self._groups[r].max_key < key for r in roots):
+            step = self._apply_in_order(event)
+            self._record(event, roots)
+            return self._result(event, step, bad)
+        if self._already_joined(ids, key):
+            self.late_without_replay += 1
+            self._record(event, roots)
+            primary = owner[ids[0]].id
+            return ApplyResult(eid, "applied", primary, (ProfileChange("updated", primary, eid),), (), bad)
+        return self._replay(event, roots, bad)
+
+    def apply_many(self, touches: Iterable[Touch]) -> list[ApplyResult]:
+        return [self.apply(t) for t in touches]
+
+    def lookup(self, ident: Identifier) -> str | None:
+        """The profile id of the person holding a normalized identifier."""
+        person = self._owner.get(ident)
+        return person.id if person is not None else None
+
+    def lookup_raw(self, kind: str, raw: str) -> str | None:
+        """Normalize a raw value the same way as the stream, then look it up."""
+        ident = self.normalizer.normalize(kind, raw)
+        return self.lookup(ident) if isinstance(ident, Identifier) else None
+
+    def resolve(self, profile_id: str) -> str | None:
+        """The live id for a profile id, following redirects of retired ids."""
+        seen = 0
+        while profile_id not in self._persons:
+            nxt = self._redirects.get(profile_id)
+            if nxt is None or seen > len(self._redirects):
+                return None
+            profile_id, seen = nxt, seen + 1
+        return profile_id
+
+    def profile(self, profile_id: str) -> dict[str, Any] | None:
+        """The golden profile of a live or retired id, or None."""
+        live = self.resolve(profile_id)
+        return self._render(self._persons[live]) if live is not None else None
+
+    def persons(self) -> dict[str, frozenset[Identifier]]:
+        """The partition: profile id -> its identifiers."""
+        return {pid: frozenset(p.nodes) for pid, p in self._persons.items()}
+
+    def profiles(self) -> Iterator[dict[str, Any]]:
+        for pid in sorted(self._persons):
+            yield self._render(self._persons[pid])
+
+    def evidence(self, profile_id: str) -> list[Evidence]:
+        """The evidence around a person (accepted and refused), oldest first.
+
+        For each distinct set of identifiers seen together, the earliest event.
+        """
+        live = self.resolve(profile_id)
+        if live is None:
+            return []
+        group = self._groups[self._find(self._persons[live].nodes[0])]
+        out: list[Evidence] = []
+        for ev in sorted(group.evidence.values(), key=_evidence_key):
+            rule = "manual_link" if ev.manual else "co_occurrence"
+            touch = ev.touch
+            out.extend(
+                Evidence(ev.ids[0], other, touch.event_id, touch.source, touch.occurred_at, rule)
+                for other in ev.ids[1:]
+            )
+        return out
+
+    @property
+    def redirects(self) -> dict[str, str]:
+        return dict(self._redirects)
+
+    def __len__(self) -> int:
+        return len(self._persons)
+
+    # ------------------------------------------------------------------ resolution
+
+    def _order(self, ident: Identifier) -> tuple[tuple[int, str], str]:
+        rank = self._ranks.get(ident.kind)
+        if rank is None:
+            rank = self._ranks[ident.kind] = self.policy.kind_rank(ident.kind)
+        return rank, ident.value
+
+    def _fold(self, touch: Touch, key: EventKey, strongest: Identifier) -> None:
+        trust = self._trust.get((touch.type, touch.source))
+        if trust is None:
+            trust = self._trust[(touch.type, touch.source)] = self.policy.trust(touch.type, touch.source)
+        agg = self._aggs.get(strongest)
+        if agg is None:
+            agg = self._aggs[strongest] = Golden()
+        agg.add(touch, key, trust, self.policy.recent_touches)
+
+    def _root_at(self, node: Identifier, key: EventKey) -> Identifier:
+        """The root of ``node``'s tree in the history forest as it stood just before ``key``."""
+        hparent, hkey = self._hparent, self._hkey
+        while (up := hparent[node]) != node and hkey[node] < key:
+            node = up
+        return node
+
+    def _already_joined(self, ids: Sequence[Identifier], key: EventKey) -> bool:
+        """Did every identifier exist, all in one person, just before ``key``?
+
+        Then an event at ``key`` would have linked nothing new in canonical order,
+        so no later decision can differ.
+        """
+        born = self._born
+        if any(born.get(i, key) >= key for i in ids):
+            return False
+        first = self._root_at(ids[0], key)
+        return all(self._root_at(i, key) == first for i in ids[1:])
+
+    def _apply_in_order(self, event: _Evidence) -> _Step:
+        step = _Step()
+        owner = self._owner
+        acc: _Person | None = None
+        fresh: list[Identifier] = []
+        for ident in event.ids:
+            person = owner.get(ident)
+            if person is None:
+                fresh.append(ident)
+            elif acc is None:
+                acc = person
+            elif person is not acc:
+                refused = None if event.manual else self._refusal(acc, person)
+                if refused is None:
+                    acc = self._merge(acc, person, step, event.key)
+                else:
+                    kind, limit = refused
+                    step.conflicts.append(Conflict(event.key[1], kind, limit, acc.id, person.id, ident))
+        limits = self.policy.limits
+        for ident in fresh:
+            if acc is None:
+                acc = self._new_person(event, ident, step)
+                continue
+            cap = limits.get(ident.kind)
+            if event.manual or cap is None or acc.counts.get(ident.kind, 0) < cap:
+                self._add_node(acc, ident, event.key)
+            else:
+                other = self._new_person(event, ident, step)
+                step.conflicts.append(Conflict(event.key[1], ident.kind, cap, acc.id, other.id, ident))
+        return step
+
+    def _refusal(self, a: _Person, b: _Person) -> tuple[str, int] | None:
+        limits = self.policy.limits
+        small, big = (a, b) if len(a.counts) <= len(b.counts) else (b, a)
+        for kind, n in small.counts.items():
+            limit = limits.get(kind)
+            if limit is not None and n + big.counts.get(kind, 0) > limit:
+                return kind, limit
+        return None
+
+    def _new_person(self, event: _Evidence, ident: Identifier, step: _Step) -> _Person:
+        person = _Person(profile_id_for(event.key[1], ident), event.key, ident)
+        self._persons[person.id] = person
+        self._redirects.pop(person.id, None)
+        self._hparent[ident] = ident
+        self._hsize[ident] = 0
+        self._add_node(person, ident, event.key)
+        step.created.append(person)
+        return person
+
+    def _add_node(self, person: _Person, ident: Identifier, key: EventKey) -> None:
+        person.nodes.append(ident)
+        person.counts[ident.kind] = person.counts.get(ident.kind, 0) + 1
+        self._owner[ident] = person
+        self._born[ident] = key
+        if ident != person.hroot:
+            self._hparent[ident] = person.hroot
+            self._hkey[ident] = key
+        self._hsize[person.hroot] += 1
+
+    def _survivor_is_first(self, a: _Person, b: _Person) -> bool:
+        anchors = self.policy.anchor_kinds
+        a_anchored = any(a.counts.get(k) for k in anchors)
+        b_anchored = any(b.counts.get(k) for k in anchors)
+        if a_anchored != b_anchored:
+            return a_anchored
+        return (a.created, a.id) < (b.created, b.id)
+
+    def _merge(self, a: _Person, b: _Person, step: _Step, key: EventKey) -> _Person:
+        """Union by size: relabel the smaller node set; the policy picks the surviving id."""
+        survivor, retired = (a, b) if self._survivor_is_first(a, b) else (b, a)
+        survivor_id, survivor_created, retired_id = survivor.id, survivor.created, retired.id
+        big, small = (a, b) if len(a.nodes) >= len(b.nodes) else (b, a)
+        owner = self._owner
+        for node in small.nodes:
+            owner[node] = big
+        big.nodes.extend(small.nodes)
+        for kind, n in small.counts.items():
+            big.counts[kind] = big.counts.get(kind, 0) + n
+        big.id, big.created = survivor_id, survivor_created
+        hsize = self._hsize
+        high, low = (a.hroot, b.hroot) if hsize[a.hroot] >= hsize[b.hroot] else (b.hroot, a.hroot)
+        self._hparent[low] = high
+        self._hkey[low] = key
+        hsize[high] += hsize.pop(low)
+        big.hroot = high
+        del self._persons[retired_id]
+        self._persons[survivor_id] = big
+        self._redirects[retired_id] = survivor_id
+        for older, into in step.absorbed.items():  # chains within one step
+            if into == retired_id:
+                step.absorbed[older] = survivor_id
+        step.absorbed[retired_id] = survivor_id
+        return big
+
+    # ------------------------------------------------------------------ evidence groups
+
+    def _find(self, node: Identifier) -> Identifier:
+        parent = self._parent
+        while (up := parent[node]) != node:
+            parent[node] = grand = parent[up]  # path halving
+            node = grand
+        return node
+
+    def _record(self, event: _Evidence, roots: set[Identifier]) -> None:
+        """Join the event's nodes into one evidence group and file the event there."""
+        parent = self._parent
+        groups = self._groups
+        fresh = [i for i in event.ids if i not in parent]
+        if roots:
+            root = next(iter(roots)) if len(roots) == 1 else max(roots, key=lambda r: len(groups[r].nodes))
+            group = groups[root]
+            for other in roots:
+                if other != root:
+                    absorbed = groups.pop(other)
+                    parent[other] = root
+                    group.nodes.extend(absorbed.nodes)
+                    group.evidence.update(absorbed.evidence)
+            group.nodes.extend(fresh)
+        else:
+            root = fresh[0]
+            group = groups[root] = _Group(event.key, fresh)
+        for ident in fresh:
+            parent[ident] = root
+        signature = event.signature
+        held = group.evidence.get(signature)
+        if held is None or event.key < held.key:
+            group.evidence[signature] = event
+        group.max_key = max(group.max_key, event.key)
+
+    def _replay(self, event: _Evidence, roots: set[Identifier], rejected: tuple[Rejection, ...]) -> ApplyResult:
+        """Re-resolve the evidence groups an out-of-order event touches, in canonical order."""
+        self.reorders += 1
+        groups = [self._groups.pop(r) for r in roots]
+        nodes = [n for g in groups for n in g.nodes]
+        records = {sig: ev for g in groups for sig, ev in g.evidence.items()}
+        held = records.get(event.signature)
+        if held is None or event.key < held.key:
+            records[event.signature] = event
+        before: dict[str, frozenset[Identifier]] = {}
+        for node in nodes:
+            person = self._owner.pop(node)
+            if person.id not in before:
+                before[person.id] = frozenset(person.nodes)
+                del self._persons[person.id]
+            del self._parent[node], self._born[node], self._hparent[node]
+            self._hkey.pop(node, None)
+            self._hsize.pop(node, None)
+        conflicts: list[Conflict] = []
+        for ev in sorted(records.values(), key=_evidence_key):
+            step = self._apply_in_order(ev)
+            self._record(ev, {self._find(i) for i in ev.ids if i in self._parent})
+            if ev is event:
+                conflicts = step.conflicts
+        after: dict[str, frozenset[Identifier]] = {}
+        for node in (*nodes, *event.ids):
+            person = self._owner[node]
+            if person.id not in after:
+                after[person.id] = frozenset(person.nodes)
+        changes = self._diff(before, after, event)
+        return ApplyResult(event.key[1], "reordered", self._owner[event.ids[0]].id, changes, tuple(conflicts), rejected)
+
+    def _diff(
+        self,
+        before: dict[str, frozenset[Identifier]],
+        after: dict[str, frozenset[Identifier]],
+        event: _Evidence,
+    ) -> tuple[ProfileChange, ...]:
+        old_owner = {n: pid for pid, nodes in before.items() for n in nodes}
+        home: dict[str, str] = {}
+        for pid, nodes in before.items():
+            if pid in after:
+                continue
+            shares: dict[str, int] = {}
+            for n in nodes:
+                new_pid = self._owner[n].id
+                shares[new_pid] = shares.get(new_pid, 0) + 1
+            home[pid] = min(shares, key=lambda p: (-shares[p], p))
+            self._redirects[pid] = home[pid]
+        primary = self._owner[event.ids[0]].id
+        changes = []
+        for pid in sorted(after):
+            nodes = after[pid]
+            sources = {old_owner[n] for n in nodes if n in old_owner}
+            merged_from = tuple(sorted(o for o, h in home.items() if h == pid))
+            split_from = tuple(sorted(o for o in sources if o != pid and (o in after or home.get(o) != pid)))
+            if pid in before and before[pid] - nodes:
+                split_from = tuple(sorted({*split_from, pid}))
+            kind: ChangeKind
+            if split_from:
+                kind = "split"
+            elif merged_from:
+                kind = "merged"
+            elif pid not in before:
+                kind = "created"
+            elif before[pid] != nodes or pid == primary:
+                kind = "updated"
+            else:
+                continue
+            changes.append(ProfileChange(kind, pid, event.key[1], merged_from, split_from))
+        return tuple(changes)
+
+    # ------------------------------------------------------------------ output
+
+    def _result(self, event: _Evidence, step: _Step, rejected: tuple[Rejection, ...]) -> ApplyResult:
+        eid = event.key[1]
+        primary = self._owner[event.ids[0]].id
+        created = [p.id for p in step.created]
+        if not step.absorbed and (not created or created == [primary]):  # the common case: one person
+            change = ProfileChange("created" if created else "updated", primary, eid)
+            return ApplyResult(eid, "applied", primary, (change,), tuple(step.conflicts), rejected)
+        # In order, an event merges known persons into one before it creates any, so every
+        # absorbed id went to one survivor, and a person it creates is never absorbed by it.
+        changes: list[ProfileChange] = []
+        if step.absorbed:
+            survivor = next(iter(step.absorbed.values()))
+            changes.append(ProfileChange("merged", survivor, eid, tuple(sorted(step.absorbed))))
+        changes.extend(ProfileChange("created", pid, eid) for pid in sorted(created))
+        if primary not in created and not (step.absorbed and primary == changes[0].profile_id):
+            changes.append(ProfileChange("updated", primary, eid))
+        return ApplyResult(eid, "applied", primary, tuple(changes), tuple(step.conflicts), rejected)
+
+    def _primary_of(self, touch: Touch) -> str | None:
+        accepted, _ = self.normalizer.normalize_many(touch.identifiers)
+        return self.lookup(min(accepted, key=self._order)) if accepted else None
+
+    def _render(self, person: _Person) -> dict[str, Any]:
+        identifiers: dict[str, list[str]] = {}
+        golden = Golden()
+        keep = self.policy.recent_touches
+        for node in person.nodes:
+            identifiers.setdefault(node.kind, []).append(node.value)
+            agg = self._aggs.get(node)
+            if agg is not None:
+                golden.absorb(agg, keep)
+        rank = self.policy.kind_rank
+        return {
+            "profile_id": person.id,
+            "created_at": (_EPOCH + timedelta(microseconds=person.created[0])).isoformat(),
+            "identifiers": {k: sorted(identifiers[k]) for k in sorted(identifiers, key=rank)},
+            **golden.to_dict(),
+        }

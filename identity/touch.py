@@ -1,0 +1,95 @@
+"""The core's view of one touch event.
+
+The wire format lives in ``schemas/`` (pydantic); it converts into these plain,
+immutable objects so that the core depends on nothing but the standard library
+and its own normalizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Final
+
+__all__ = [
+    "LINKING_TYPES",
+    "AttributeValue",
+    "CrmInfo",
+    "Touch",
+    "TouchType",
+    "Utm",
+    "event_key",
+]
+
+AttributeValue = str | int | float | bool | None
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+class TouchType(StrEnum):
+    SITE_VISIT = "site_visit"
+    CALL = "call"
+    FORM_SUBMIT = "form_submit"
+    CRM_STAGE = "crm_stage"
+    IDENTITY_LINK = "identity_link"
+    IDENTITY_UNLINK = "identity_unlink"
+    ERASE_REQUEST = "erase_request"
+
+
+#: Types whose identifiers are evidence that they belong to one person.
+LINKING_TYPES: Final = frozenset(
+    {
+        TouchType.SITE_VISIT,
+        TouchType.CALL,
+        TouchType.FORM_SUBMIT,
+        TouchType.CRM_STAGE,
+        TouchType.IDENTITY_LINK,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Utm:
+    source: str | None = None
+    medium: str | None = None
+    campaign: str | None = None
+    content: str | None = None
+    term: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v for k in ("source", "medium", "campaign", "content", "term") if (v := getattr(self, k))}
+
+
+@dataclass(frozen=True, slots=True)
+class CrmInfo:
+    deal_id: str
+    stage: str
+    previous_stage: str | None = None
+    pipeline: str | None = None
+    amount: float | None = None
+
+
+def event_key(occurred_at: datetime, event_id: str) -> tuple[int, str]:
+    """The total order of events: time (UTC microseconds), then event id."""
+    return ((occurred_at - _EPOCH) // _MICROSECOND, event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """One touch as the core sees it. Identifier values are raw, as captured."""
+
+    event_id: str
+    type: TouchType
+    occurred_at: datetime
+    source: str
+    identifiers: tuple[tuple[str, str], ...]
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    utm: Utm | None = None
+    crm: CrmInfo | None = None
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return event_key(self.occurred_at, self.event_id)
