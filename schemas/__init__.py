@@ -1,0 +1,28 @@
+"""The wire contract: pydantic models of every idstream message, and their JSON Schema."""
+
+from schemas.errors import FieldError, InvalidMessage
+from schemas.export import SCHEMAS, export_schemas, json_schema
+from schemas.touch import (
+    MAX_IDENTIFIERS,
+    MAX_MESSAGE_BYTES,
+    CrmIn,
+    IdentifierIn,
+    TouchEvent,
+    UtmIn,
+    decode_touch,
+)
+
+__all__ = [
+    "MAX_IDENTIFIERS",
+    "MAX_MESSAGE_BYTES",
+    "SCHEMAS",
+    "CrmIn",
+    "FieldError",
+    "IdentifierIn",
+    "InvalidMessage",
+    "TouchEvent",
+    "UtmIn",
+    "decode_touch",
+    "export_schemas",
+    "json_schema",
+]

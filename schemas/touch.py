@@ -1,0 +1,223 @@
+"""Touch-event wire format v1: one JSON object per Kafka message.
+
+The models are the contract: the JSON Schema that integrators read is generated
+from them (``idstream schema export DIR``; a copy is kept in ``schemas/json/``).
+Unknown fields are kept (``extra="allow"``) so that a producer ahead of us loses
+nothing on the way through.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    PlainValidator,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from identity.normalize import MAX_RAW_LENGTH
+from identity.touch import AttributeValue, CrmInfo, Touch, TouchType, Utm
+from schemas.errors import InvalidMessage
+
+__all__ = [
+    "MAX_IDENTIFIERS",
+    "MAX_MESSAGE_BYTES",
+    "CrmIn",
+    "IdentifierIn",
+    "TouchEvent",
+    "UtmIn",
+    "decode_touch",
+]
+
+#: Largest accepted message, in bytes of JSON.
+MAX_MESSAGE_BYTES = 64 * 1024
+#: Most identifiers one event may carry.
+MAX_IDENTIFIERS = 50
+
+KindName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
+ShortText = Annotated[StrictStr, StringConstraints(min_length=1, max_length=128)]
+Text = Annotated[StrictStr, StringConstraints(max_length=1024)]
+AttributeName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=64)]
+MAX_ATTRIBUTE_CHARS = 4096
+
+
+def _flat_attribute(value: Any) -> AttributeValue:
+    """One error per bad attribute, at ``attributes.<name>``, instead of one per union branch."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PydanticCustomError("finite_number", "attribute numbers must be finite")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_ATTRIBUTE_CHARS:
+            raise PydanticCustomError(
+                "string_too_long",
+                "attribute strings are at most {limit} characters",
+                {"limit": MAX_ATTRIBUTE_CHARS},
+            )
+        return value
+    raise PydanticCustomError("attribute_type", "attributes are flat: a string, number, boolean or null")
+
+
+Attribute = Annotated[
+    AttributeValue,
+    PlainValidator(_flat_attribute),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": MAX_ATTRIBUTE_CHARS},
+                {"type": "number"},
+                {"type": "boolean"},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class IdentifierIn(_Open):
+    """An identifier as captured by the producing system, before normalization."""
+
+    kind: KindName = Field(description="phone, email, ga_client_id, ym_client_id, crm_contact_id, messenger_id, "
+                           "or a kind the operator declared")  # fmt: skip
+    value: Annotated[StrictStr, StringConstraints(max_length=MAX_RAW_LENGTH)] = Field(
+        description="The raw value, e.g. '8 (916) 123-45-67'; idstream normalizes it."
+    )
+
+
+class UtmIn(_Open):
+    source: Text | None = None
+    medium: Text | None = None
+    campaign: Text | None = None
+    content: Text | None = None
+    term: Text | None = None
+
+
+class CrmIn(_Open):
+    deal_id: ShortText
+    stage: ShortText
+    previous_stage: ShortText | None = None
+    pipeline: ShortText | None = None
+    amount: FiniteFloat | None = None
+
+
+class TouchEvent(_Open):
+    """One touch: a site visit, a call, a form, a CRM stage change, or a manual correction."""
+
+    model_config = ConfigDict(
+        title="TouchEvent",
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "calltouch-8841273",
+                    "type": "call",
+                    "occurred_at": "2026-11-02T10:15:00+03:00",
+                    "source": "calltouch",
+                    "identifiers": [
+                        {"kind": "phone", "value": "8 (916) 123-45-67"},
+                        {"kind": "ga_client_id", "value": "GA1.2.1234567890.1700000000"},
+                    ],
+                    "attributes": {"project": "Северный квартал", "duration_s": 184},
+                    "utm": {"source": "yandex", "medium": "cpc", "campaign": "brand"},
+                }
+            ]
+        },
+    )
+
+    schema_version: Literal[1] = 1
+    event_id: ShortText = Field(description="Unique per touch; a repeated event_id is a redelivery.")
+    type: TouchType
+    occurred_at: AwareDatetime = Field(description="ISO-8601 with a UTC offset.")
+    source: Annotated[StrictStr, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="The producing system: site, calltouch, amocrm, ..."
+    )
+    identifiers: list[IdentifierIn] = Field(min_length=1, max_length=MAX_IDENTIFIERS)
+    attributes: dict[AttributeName, Attribute] = Field(default_factory=dict, max_length=100)
+    utm: UtmIn | None = None
+    crm: CrmIn | None = Field(default=None, validate_default=True, description="Required for crm_stage.")
+
+    @field_validator("identifiers")
+    @classmethod
+    def _links_need_two(cls, value: list[IdentifierIn], info: ValidationInfo) -> list[IdentifierIn]:
+        if info.data.get("type") in (TouchType.IDENTITY_LINK, TouchType.IDENTITY_UNLINK) and len(value) < 2:
+            raise ValueError("identity_link and identity_unlink need at least two identifiers")
+        return value
+
+    @field_validator("crm")
+    @classmethod
+    def _crm_for_stage(cls, value: CrmIn | None, info: ValidationInfo) -> CrmIn | None:
+        if value is None and info.data.get("type") is TouchType.CRM_STAGE:
+            raise ValueError("crm (deal_id, stage) is required for type crm_stage")
+        return value
+
+    def to_touch(self) -> Touch:
+        """The core's view of this event."""
+        attributes: dict[str, AttributeValue] = dict(self.attributes)
+        utm = self.utm
+        crm = self.crm
+        return Touch(
+            event_id=self.event_id,
+            type=self.type,
+            occurred_at=self.occurred_at,
+            source=self.source,
+            identifiers=tuple((i.kind, i.value) for i in self.identifiers),
+            attributes=attributes,
+            utm=Utm(utm.source, utm.medium, utm.campaign, utm.content, utm.term) if utm else None,
+            crm=CrmInfo(crm.deal_id, crm.stage, crm.previous_stage, crm.pipeline, crm.amount) if crm else None,
+        )
+
+    @classmethod
+    def from_touch(cls, touch: Touch, **extra: Any) -> TouchEvent:
+        """The wire form of a core touch (for producers, tests and benchmarks)."""
+        data: dict[str, Any] = {
+            "event_id": touch.event_id,
+            "type": touch.type,
+            "occurred_at": touch.occurred_at,
+            "source": touch.source,
+            "identifiers": [{"kind": k, "value": v} for k, v in touch.identifiers],
+            "attributes": dict(touch.attributes),
+            **extra,
+        }
+        if touch.utm is not None:
+            data["utm"] = touch.utm.to_dict()
+        if touch.crm is not None:
+            c = touch.crm
+            data["crm"] = {"deal_id": c.deal_id, "stage": c.stage, "previous_stage": c.previous_stage,
+                           "pipeline": c.pipeline, "amount": c.amount}  # fmt: skip
+        return cls.model_validate(data)
+
+
+def decode_touch(raw: bytes | str) -> TouchEvent:
+    """Decode one message, or raise :class:`InvalidMessage` naming every bad field.
+
+    Never raises anything else for any input: not JSON, invalid UTF-8, deep
+    nesting, wrong types and oversized messages all become ``InvalidMessage``.
+    """
+    size = len(raw.encode() if isinstance(raw, str) else raw)
+    if size > MAX_MESSAGE_BYTES:
+        raise InvalidMessage.single(
+            "(message)", "too_large", f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}"
+        )
+    try:
+        return TouchEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidMessage.from_validation_error(exc) from None
+    except (ValueError, RecursionError) as exc:  # defensive: the parser's own limits
+        raise InvalidMessage.single("(message)", "json_invalid", str(exc)[:200]) from None
