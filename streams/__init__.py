@@ -1,0 +1,1 @@
+"""The running service: settings, the command line and (next) the Faust app and its agents."""

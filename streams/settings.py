@@ -1,0 +1,62 @@
+"""The one place idstream reads its environment: ``IDSTREAM_*`` variables (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from identity import IdentityGraph, JunkPolicy, Normalizer, NormalizerConfig, ResolutionPolicy
+from identity.policy import DEFAULT_KIND_PRIORITY, DEFAULT_LIMITS
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every operator setting. Complex values are JSON, e.g. ``IDSTREAM_KIND_LIMITS='{"phone": 3}'``."""
+
+    model_config = SettingsConfigDict(env_prefix="IDSTREAM_", env_file=".env", extra="ignore", frozen=True)
+
+    default_region: str = Field("RU", description="Region for phone numbers written without a country code.")
+    extra_kinds: list[str] = Field(default_factory=list, description="Identifier kinds beyond the v1 set.")
+    kind_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-kind maximum of distinct values per person (overrides defaults).",
+    )
+    kind_priority: list[str] = Field(default_factory=lambda: list(DEFAULT_KIND_PRIORITY))
+    anchor_kinds: list[str] = Field(default_factory=lambda: ["crm_contact_id"])
+    source_trust: dict[str, int] = Field(default_factory=dict)
+    recent_touches: int = 20
+    junk_values: dict[str, list[str]] = Field(
+        default_factory=dict, description="Extra normalized values per kind that never link anything."
+    )
+    junk_email_domains: list[str] = Field(default_factory=list)
+    normalizer_cache_size: int = 1 << 18
+
+    def normalizer_config(self) -> NormalizerConfig:
+        defaults = JunkPolicy()
+        blocked = {k: frozenset(v) for k, v in defaults.blocked_values.items()}
+        for kind, values in self.junk_values.items():
+            blocked[kind] = blocked.get(kind, frozenset()) | frozenset(values)
+        junk = JunkPolicy(
+            blocked_values=blocked,
+            email_domains=defaults.email_domains | frozenset(d.lower() for d in self.junk_email_domains),
+        )
+        return NormalizerConfig(
+            default_region=self.default_region.upper(),
+            extra_kinds=frozenset(self.extra_kinds),
+            junk=junk,
+            cache_size=self.normalizer_cache_size,
+        )
+
+    def policy(self) -> ResolutionPolicy:
+        return ResolutionPolicy(
+            limits={**DEFAULT_LIMITS, **self.kind_limits},
+            kind_priority=tuple(self.kind_priority),
+            anchor_kinds=frozenset(self.anchor_kinds),
+            source_trust=dict(self.source_trust),
+            recent_touches=self.recent_touches,
+        )
+
+    def graph(self) -> IdentityGraph:
+        """An in-memory identity graph configured by these settings."""
+        return IdentityGraph(self.policy(), Normalizer(self.normalizer_config()))
