@@ -3,26 +3,28 @@
 Every field is a commutative, associative fold over the person's touches
 (maximum by a total order, sums, bounded top-N), so:
 
-* two persons merge by folding one aggregate into the other, without replaying;
+* aggregates of several identifiers combine into one person's profile at read time;
 * the result does not depend on the order the touches arrived in;
 * a touch is applied once per event id by the graph, so sums stay exact.
 
-The fold runs once per event on the hot path, so it keeps references to the
-immutable :class:`~identity.touch.Touch` and plain tuples, and builds the
-JSON-ready view only when asked (:meth:`Golden.to_dict`).
+The fold runs once per event on the hot path, so :class:`Golden` keeps references
+to the immutable :class:`~identity.touch.Touch` and plain tuples, and turns them
+into the store-neutral form only when a profile is read (:meth:`Golden.serialize`,
+then :func:`render`, which every store shares).
 """
 
 from __future__ import annotations
 
 import bisect
-import heapq
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from identity.touch import AttributeValue, Touch, TouchType
+from identity.touch import AttributeValue, Touch, TouchType, key_text
 
-__all__ = ["Golden"]
+__all__ = ["Golden", "contribution", "render"]
 
 #: Touch types that are contacts with the person (manual links are not).
 _CONTACT_TYPES = frozenset({TouchType.SITE_VISIT, TouchType.CALL, TouchType.FORM_SUBMIT, TouchType.CRM_STAGE})
@@ -112,58 +114,21 @@ class Golden:
             if len(recent) > keep:
                 del recent[0]
 
-    def absorb(self, other: Golden, keep: int) -> None:
-        """Fold another person's aggregate into this one (a merge)."""
-        for name, claim in other.attributes.items():
-            held = self.attributes.get(name)
-            if held is None or claim[0] > held[0]:
-                self.attributes[name] = claim
-        for mine, theirs in (
-            (self.projects, other.projects),
-            (self.pages, other.pages),
-            (self.counts, other.counts),
-        ):
-            for name, n in theirs.items():
-                mine[name] = mine.get(name, 0) + n
-        if other.first is not None and (self.first is None or other.first[0] < self.first[0]):
-            self.first = other.first
-        if other.last is not None and (self.last is None or other.last[0] > self.last[0]):
-            self.last = other.last
-        if other.recent:
-            merged = list(heapq.merge(self.recent, other.recent, key=_key))
-            self.recent = merged[-keep:] if keep else []
-        for deal_id, deal in other.deals.items():
-            held_deal = self.deals.get(deal_id)
-            if held_deal is None or deal[0] > held_deal[0]:
-                self.deals[deal_id] = deal
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready content, with deterministic ordering."""
-        name = self.attributes.get("name")
-        return {
-            "display_name": name[1] if name is not None and isinstance(name[1], str) else None,
-            "attributes": {
-                k: {
-                    "value": value,
-                    "source": touch.source,
-                    "event_id": touch.event_id,
-                    "occurred_at": _when(touch.occurred_at),
-                }
-                for k in sorted(self.attributes)
-                for _, value, touch in [self.attributes[k]]
-            },
-            "interests": {
-                "projects": dict(sorted(self.projects.items(), key=lambda kv: (-kv[1], kv[0]))),
-                "pages": dict(sorted(self.pages.items(), key=lambda kv: (-kv[1], kv[0]))),
-            },
-            "first_touch": _touch_view(self.first[1]) if self.first else None,
-            "last_touch": _touch_view(self.last[1]) if self.last else None,
-            "recent_touches": [_touch_view(t) for _, t in reversed(self.recent)],
-            "touch_counts": dict(sorted(self.counts.items())),
-            "deals": {
-                deal_id: _deal_view(touch) for deal_id in sorted(self.deals) for _, touch in [self.deals[deal_id]]
-            },
+    def serialize(self) -> dict[str, Any]:
+        """The aggregate in the store-neutral form that :func:`render` reads (see :func:`contribution`)."""
+        out: dict[str, Any] = {
+            "a": {k: [_rank_text(rank), _dumps(_attribute_view(v, t))] for k, (rank, v, t) in self.attributes.items()},
+            "c": dict(self.counts),
+            "pj": dict(self.projects),
+            "pg": dict(self.pages),
+            "r": [[key_text(k), _dumps(_touch_view(t))] for k, t in self.recent],
+            "d": {d: [key_text(k), _dumps(_deal_view(t))] for d, (k, t) in self.deals.items()},
         }
+        if self.first is not None:
+            out["f"] = [key_text(self.first[0]), _dumps(_touch_view(self.first[1]))]
+        if self.last is not None:
+            out["l"] = [key_text(self.last[0]), _dumps(_touch_view(self.last[1]))]
+        return out
 
 
 def _deal_view(touch: Touch) -> dict[str, Any]:
@@ -179,4 +144,93 @@ def _deal_view(touch: Touch) -> dict[str, Any]:
         "source": touch.source,
         "event_id": touch.event_id,
         "updated_at": _when(touch.occurred_at),
+    }
+
+
+# ----------------------------------------------------------------------------- the store-neutral form
+#
+# A store that cannot hold Touch objects (Redis) folds *contributions* into per-identifier
+# aggregates of this shape, comparing keys and ranks as byte strings:
+#
+#   {"a": {attr: [rank, payload]}, "c": {type: n}, "pj": {project: n}, "pg": {page: n},
+#    "f": [key, view], "l": [key, view], "r": [[key, view], ...ascending], "d": {deal: [key, view]}}
+#
+# and :func:`render` turns any number of aggregates into the golden profile fields, exactly as
+# :meth:`Golden.to_dict` does for the in-memory fold.
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _rank_text(rank: tuple[int, EventKey]) -> str:
+    return f"{rank[0]:03d}{key_text(rank[1])}"
+
+
+def _attribute_view(value: AttributeValue, touch: Touch) -> dict[str, Any]:
+    return {"value": value, "source": touch.source, "event_id": touch.event_id, "occurred_at": _when(touch.occurred_at)}
+
+
+def contribution(touch: Touch, key: EventKey, trust: int) -> dict[str, Any]:
+    """What one touch adds to the aggregate of its strongest identifier, in the store-neutral form."""
+    key_str = key_text(key)
+    out: dict[str, Any] = {
+        "k": key_str,
+        "rank": _rank_text((trust, key)),
+        "attrs": {name: _dumps(_attribute_view(v, touch)) for name, v in touch.attributes.items() if v is not None},
+    }
+    if touch.crm is not None:
+        out["deal"] = [touch.crm.deal_id, _dumps(_deal_view(touch))]
+    if touch.type in _CONTACT_TYPES:
+        out["type"] = touch.type.value
+        out["view"] = _dumps(_touch_view(touch))
+        for name, short in (("project", "project"), ("page", "page")):
+            value = touch.attributes.get(name)
+            if isinstance(value, str) and value:
+                out[short] = value
+    return out
+
+
+def _counted(items: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(items.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def render(aggregates: Iterable[dict[str, Any]], keep: int) -> dict[str, Any]:
+    """The golden-profile fields of a person from the aggregates of its identifiers."""
+    attributes: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    projects: dict[str, int] = {}
+    pages: dict[str, int] = {}
+    first: list[str] | None = None
+    last: list[str] | None = None
+    recent: list[list[str]] = []
+    deals: dict[str, list[str]] = {}
+    for agg in aggregates:
+        for name, claim in agg.get("a", {}).items():
+            if name not in attributes or claim[0] > attributes[name][0]:
+                attributes[name] = claim
+        for mine, theirs in ((counts, agg.get("c")), (projects, agg.get("pj")), (pages, agg.get("pg"))):
+            for name, n in (theirs or {}).items():
+                mine[name] = mine.get(name, 0) + int(n)
+        f, la = agg.get("f"), agg.get("l")
+        if f and (first is None or f[0] < first[0]):
+            first = f
+        if la and (last is None or la[0] > last[0]):
+            last = la
+        recent.extend(agg.get("r") or [])
+        for deal_id, deal in (agg.get("d") or {}).items():
+            if deal_id not in deals or deal[0] > deals[deal_id][0]:
+                deals[deal_id] = deal
+    recent.sort(key=lambda kv: kv[0])
+    views = {name: json.loads(claim[1]) for name, claim in attributes.items()}
+    name = views.get("name")
+    return {
+        "display_name": name["value"] if name is not None and isinstance(name["value"], str) else None,
+        "attributes": {k: views[k] for k in sorted(views)},
+        "interests": {"projects": _counted(projects), "pages": _counted(pages)},
+        "first_touch": json.loads(first[1]) if first else None,
+        "last_touch": json.loads(last[1]) if last else None,
+        "recent_touches": [json.loads(v) for _, v in reversed(recent[-keep:] if keep else [])],
+        "touch_counts": dict(sorted(counts.items())),
+        "deals": {d: json.loads(deals[d][1]) for d in sorted(deals)},
     }

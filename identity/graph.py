@@ -51,7 +51,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 from identity.errors import UnsupportedEvent
-from identity.golden import Golden
+from identity.golden import Golden, render
 from identity.normalize import Identifier, Normalizer, Rejection
 from identity.policy import ResolutionPolicy
 from identity.touch import LINKING_TYPES, Touch, TouchType
@@ -613,17 +613,13 @@ class IdentityGraph:
 
     def _render(self, person: _Person) -> dict[str, Any]:
         identifiers: dict[str, list[str]] = {}
-        golden = Golden()
-        keep = self.policy.recent_touches
         for node in person.nodes:
             identifiers.setdefault(node.kind, []).append(node.value)
-            agg = self._aggs.get(node)
-            if agg is not None:
-                golden.absorb(agg, keep)
+        aggs = self._aggs
         rank = self.policy.kind_rank
         return {
             "profile_id": person.id,
             "created_at": (_EPOCH + timedelta(microseconds=person.created[0])).isoformat(),
             "identifiers": {k: sorted(identifiers[k]) for k in sorted(identifiers, key=rank)},
-            **golden.to_dict(),
+            **render((aggs[n].serialize() for n in person.nodes if n in aggs), self.policy.recent_touches),
         }

@@ -70,6 +70,9 @@ class ResolutionPolicy:
                 raise ConfigurationError(f"limit for {kind!r} must be at least 1, got {limit}")
         if self.recent_touches < 0:
             raise ConfigurationError("recent_touches must not be negative")
+        for name, trust in (*self.type_trust.items(), *self.source_trust.items()):
+            if not 0 <= trust <= 999:
+                raise ConfigurationError(f"trust of {name!r} must be 0-999, got {trust}")
 
     def kind_rank(self, kind: str) -> tuple[int, str]:
         """Sort key: lower is stronger."""

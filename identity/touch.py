@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Final
 
 __all__ = [
+    "KEY_TIME_DIGITS",
     "LINKING_TYPES",
     "AttributeValue",
     "CrmInfo",
@@ -21,6 +22,7 @@ __all__ = [
     "TouchType",
     "Utm",
     "event_key",
+    "key_text",
 ]
 
 AttributeValue = str | int | float | bool | None
@@ -75,6 +77,18 @@ class CrmInfo:
 def event_key(occurred_at: datetime, event_id: str) -> tuple[int, str]:
     """The total order of events: time (UTC microseconds), then event id."""
     return ((occurred_at - _EPOCH) // _MICROSECOND, event_id)
+
+
+#: Width of the time part of :func:`key_text`: microseconds since 1970 until the year 2286.
+KEY_TIME_DIGITS = 16
+
+
+def key_text(key: tuple[int, str]) -> str:
+    """An event key as text whose byte order is the key order (for stores that compare bytes).
+
+    Valid for times from 1970 on; the wire contract guarantees that.
+    """
+    return f"{key[0]:0{KEY_TIME_DIGITS}d}|{key[1]}"
 
 
 @dataclass(frozen=True, slots=True)
