@@ -81,14 +81,12 @@ def profile_id_for(event_id: str, ident: Identifier) -> str:
     """The id of a person first created by ``event_id`` around ``ident``.
 
     A hash, so the same events give the same ids on every replay and in every
-    store, and no identifier value leaks into an id.
+    store, and no identifier value leaks into an id. SHA-1 over netstrings,
+    because Redis scripts can compute exactly that (``redis.sha1hex``).
     """
-    digest = hashlib.blake2b(digest_size=10)
-    for part in (event_id, ident.kind, ident.value):
-        raw = part.encode()
-        digest.update(len(raw).to_bytes(4, "big"))
-        digest.update(raw)
-    return "p_" + digest.hexdigest()
+    parts = (event_id.encode(), ident.kind.encode(), ident.value.encode())
+    payload = b"".join(b"%d:%s," % (len(part), part) for part in parts)
+    return "p_" + hashlib.sha1(payload, usedforsecurity=False).hexdigest()[:20]
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +269,8 @@ class IdentityGraph:
                     group.max_key = key
                 else:
                     self.late_without_replay += 1
-                group.evidence[signature] = _Evidence(key, touch, tuple(accepted), manual)
+                ordered = tuple(sorted(accepted, key=self._order))  # replays take identifiers strongest first
+                group.evidence[signature] = _Evidence(key, touch, ordered, manual)
                 return ApplyResult(eid, "applied", person.id, (ProfileChange("updated", person.id, eid),), (), bad)
         ids = tuple(sorted(accepted, key=self._order))
         event = _Evidence(key, touch, ids, manual)
