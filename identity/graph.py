@@ -289,6 +289,13 @@ class IdentityGraph:
     def apply_many(self, touches: Iterable[Touch]) -> list[ApplyResult]:
         return [self.apply(t) for t in touches]
 
+    def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
+        """Apply touches in order (see :class:`identity.store.IdentityStore`)."""
+        for touch in touches:
+            if touch.type not in LINKING_TYPES:
+                raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
+        return [self.apply(t) for t in touches]
+
     def lookup(self, ident: Identifier) -> str | None:
         """The profile id of the person holding a normalized identifier."""
         person = self._owner.get(ident)
@@ -416,11 +423,11 @@ class IdentityGraph:
         return step
 
     def _refusal(self, a: _Person, b: _Person) -> tuple[str, int] | None:
+        """The first kind (alphabetically) that both hold and would exceed its limit together."""
         limits = self.policy.limits
-        small, big = (a, b) if len(a.counts) <= len(b.counts) else (b, a)
-        for kind, n in small.counts.items():
+        for kind in sorted(a.counts.keys() & b.counts.keys()):
             limit = limits.get(kind)
-            if limit is not None and n + big.counts.get(kind, 0) > limit:
+            if limit is not None and a.counts[kind] + b.counts[kind] > limit:
                 return kind, limit
         return None
 

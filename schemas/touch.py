@@ -9,6 +9,7 @@ nothing on the way through.
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -45,9 +46,13 @@ __all__ = [
 MAX_MESSAGE_BYTES = 64 * 1024
 #: Most identifiers one event may carry.
 MAX_IDENTIFIERS = 50
+#: Touches outside this window are data errors (and stores compare times as fixed-width digits).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 KindName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
 ShortText = Annotated[StrictStr, StringConstraints(min_length=1, max_length=128)]
+EventId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[StrictStr, StringConstraints(max_length=1024)]
 AttributeName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=64)]
 MAX_ATTRIBUTE_CHARS = 4096
@@ -142,9 +147,11 @@ class TouchEvent(_Open):
     )
 
     schema_version: Literal[1] = 1
-    event_id: ShortText = Field(description="Unique per touch; a repeated event_id is a redelivery.")
+    event_id: EventId = Field(
+        description="Unique per touch, no control characters; a repeated event_id is a redelivery."
+    )
     type: TouchType
-    occurred_at: AwareDatetime = Field(description="ISO-8601 with a UTC offset.")
+    occurred_at: AwareDatetime = Field(description="ISO-8601 with a UTC offset, from 2000 to 2199.")
     source: Annotated[StrictStr, StringConstraints(min_length=1, max_length=64)] = Field(
         description="The producing system: site, calltouch, amocrm, ..."
     )
@@ -158,6 +165,13 @@ class TouchEvent(_Open):
     def _links_need_two(cls, value: list[IdentifierIn], info: ValidationInfo) -> list[IdentifierIn]:
         if info.data.get("type") in (TouchType.IDENTITY_LINK, TouchType.IDENTITY_UNLINK) and len(value) < 2:
             raise ValueError("identity_link and identity_unlink need at least two identifiers")
+        return value
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        if not EARLIEST <= value < LATEST:
+            raise ValueError("occurred_at must be from 2000-01-01 to 2199-12-31")
         return value
 
     @field_validator("crm")

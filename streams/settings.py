@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import redis
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from identity import IdentityGraph, JunkPolicy, Normalizer, NormalizerConfig, ResolutionPolicy
 from identity.policy import DEFAULT_KIND_PRIORITY, DEFAULT_LIMITS
+from streams.redis_store import RedisIdentityStore
 
 __all__ = ["Settings"]
 
@@ -32,6 +34,18 @@ class Settings(BaseSettings):
     junk_email_domains: list[str] = Field(default_factory=list)
     normalizer_cache_size: int = 1 << 18
 
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("IDSTREAM_REDIS_URL", "REDIS_URL"),
+        description="Redis for the identity graph; unset means the embedded runtime starts one.",
+    )
+    redis_prefix: str = Field("idstream", description="Hash tag and prefix of every key of the graph.")
+    kafka_bootstrap_servers: str | None = Field(
+        None,
+        validation_alias=AliasChoices("IDSTREAM_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers; unset means the embedded runtime starts a broker.",
+    )
+
     def normalizer_config(self) -> NormalizerConfig:
         defaults = JunkPolicy()
         blocked = {k: frozenset(v) for k, v in defaults.blocked_values.items()}
@@ -56,6 +70,10 @@ class Settings(BaseSettings):
             source_trust=dict(self.source_trust),
             recent_touches=self.recent_touches,
         )
+
+    def redis_store(self, client: redis.Redis) -> RedisIdentityStore:
+        """The Redis identity graph configured by these settings."""
+        return RedisIdentityStore(client, self.policy(), Normalizer(self.normalizer_config()), self.redis_prefix)
 
     def graph(self) -> IdentityGraph:
         """An in-memory identity graph configured by these settings."""

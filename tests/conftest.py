@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
-from identity import CrmInfo, Touch, TouchType, Utm
+from identity import CrmInfo, IdentityGraph, ResolutionPolicy, Touch, TouchType, Utm
 from identity.touch import AttributeValue
+from streams.embedded import start_redis
+from streams.redis_store import RedisIdentityStore
+from streams.settings import Settings
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -51,3 +57,40 @@ def partition(persons: Mapping[str, frozenset[object]]) -> set[frozenset[object]
 
 def ids(*pairs: Sequence[str]) -> frozenset[tuple[str, str]]:
     return frozenset((k, v) for k, v in pairs)
+
+
+# ----------------------------------------------------------------------------- real servers
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """IDSTREAM_REDIS_URL / REDIS_URL when set, else a private redis-server for this test session."""
+    configured = Settings().redis_url
+    if configured:
+        yield configured
+        return
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+StoreFactory = Callable[..., Any]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest) -> StoreFactory:
+    """Builds an empty identity store of each implementation; the contract tests run against both."""
+    if request.param == "memory":
+        return lambda policy=None: IdentityGraph(policy)
+    client: redis.Redis = request.getfixturevalue("redis_client")
+
+    def make(policy: ResolutionPolicy | None = None) -> RedisIdentityStore:
+        return RedisIdentityStore(client, policy, prefix=f"test-{uuid.uuid4().hex[:12]}")
+
+    return make

@@ -1,0 +1,250 @@
+"""The identity graph in Redis: the same semantics as :class:`identity.IdentityGraph`, shared by workers.
+
+Normalization and the store-neutral golden contributions are computed here, in Python; the graph
+itself changes only inside one Lua script call per batch (``streams/lua/resolve.lua``), so a batch
+is atomic, two workers writing at once can neither lose nor double a merge, and a redelivered event
+changes nothing. All keys share one hash tag (``{prefix}``), so the script is Cluster-legal.
+
+Memory: see ``benchmarks/bench_redis_store.py`` for bytes per identifier and per profile.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any, Final
+
+import redis
+
+from identity import (
+    ApplyResult,
+    ConfigurationError,
+    Conflict,
+    Identifier,
+    InvalidInput,
+    Normalizer,
+    ProfileChange,
+    Rejection,
+    ResolutionPolicy,
+    Touch,
+    TransientError,
+    UnsupportedEvent,
+)
+from identity.golden import contribution, render
+from identity.touch import LINKING_TYPES, TouchType, key_text
+
+__all__ = ["KEY_NAMES", "RedisIdentityStore"]
+
+#: The hashes (and one set) that hold a graph, in the order the script takes them.
+KEY_NAMES: Final = (
+    "seen", "owner", "person", "pidx", "redirect", "gparent", "group", "ev",
+    "born", "hparent", "hkey", "hsize", "agg", "meta",
+)  # fmt: skip
+
+# Separators of the stored records (identifier values and event ids never contain control characters):
+# RS between fields, GS between list items, FS between an identifier's kind and value, and the
+# signature of an identifier set ("0"/"1" for manual, SIG_FLAG, nodes joined by SIG_SEP).
+RS, GS, FS = "\x1e", "\x1d", "\x1f"
+SIG_FLAG, SIG_SEP = "\x1c", "\x1b"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RESOLVE_LUA = resources.files("streams").joinpath("lua/resolve.lua").read_text(encoding="utf-8")
+_PERSON_ID_LUA = """
+local handle = redis.call('HGET', KEYS[1], ARGV[1])
+if not handle then return false end
+local record = redis.call('HGET', KEYS[2], handle)
+return string.sub(record, 1, string.find(record, '\\30', 1, true) - 1)
+"""
+
+
+def _node(ident: Identifier) -> str:
+    return f"{ident.kind}{FS}{ident.value}"
+
+
+def _ident(node: str) -> Identifier:
+    kind, _, value = node.partition(FS)
+    return Identifier(kind, value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _list(value: Any) -> list[Any]:
+    """cjson encodes an empty Lua table as {}: read it as an empty list."""
+    return value if isinstance(value, list) else []
+
+
+class RedisIdentityStore:
+    """An :class:`identity.store.IdentityStore` over one Redis primary."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        policy: ResolutionPolicy | None = None,
+        normalizer: Normalizer | None = None,
+        prefix: str = "idstream",
+    ) -> None:
+        if not _PREFIX.fullmatch(prefix):
+            raise ConfigurationError(f"redis key prefix {prefix!r} must be 1-64 of letters, digits and _.:-")
+        self.client = client
+        self.policy = policy or ResolutionPolicy()
+        self.normalizer = normalizer or Normalizer()
+        self.prefix = prefix
+        self.keys = [f"{{{prefix}}}:{name}" for name in KEY_NAMES]
+        self._key = dict(zip(KEY_NAMES, self.keys, strict=True))
+        self._resolve = client.register_script(_RESOLVE_LUA)
+        self._person_id = client.register_script(_PERSON_ID_LUA)
+        self._policy_json = json.dumps(
+            {
+                "limits": dict(self.policy.limits),
+                "anchors": sorted(self.policy.anchor_kinds),
+                "keep": self.policy.recent_touches,
+            }
+        )
+        self._ranks: dict[str, tuple[int, str]] = {}
+
+    # ------------------------------------------------------------------ writing
+
+    def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
+        """Apply touches in order, in one atomic script call."""
+        if not touches:
+            return []
+        items = []
+        rejected: list[tuple[Rejection, ...]] = []
+        for touch in touches:
+            if touch.type not in LINKING_TYPES:
+                raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
+            key = touch.key
+            if key[0] < 0:
+                raise InvalidInput(f"event {touch.event_id!r} occurred before 1970")
+            if _CONTROL.search(touch.event_id):
+                raise InvalidInput(f"event id {touch.event_id!r} contains control characters")
+            accepted, bad = self.normalizer.normalize_many(touch.identifiers)
+            rejected.append(tuple(bad))
+            ids = sorted(accepted, key=self._order)
+            manual = touch.type is TouchType.IDENTITY_LINK
+            nodes = [_node(i) for i in ids]
+            items.append(
+                {
+                    "e": touch.event_id,
+                    "k": key_text(key),
+                    "m": manual,
+                    "ids": nodes,
+                    "sig": ("1" if manual else "0") + SIG_FLAG + SIG_SEP.join(sorted(nodes)),
+                    "c": contribution(touch, key, self.policy.trust(touch.type, touch.source)),
+                    "x": json.dumps({"source": touch.source, "occurred_at": touch.occurred_at.isoformat()}),
+                }
+            )
+        try:
+            raw = self._resolve(keys=self.keys, args=[self._policy_json, json.dumps(items, ensure_ascii=False)])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TransientError(f"redis unavailable: {exc}") from exc
+        outs = json.loads(raw)
+        return [self._result(t.event_id, out, bad) for t, out, bad in zip(touches, outs, rejected, strict=True)]
+
+    def apply(self, touch: Touch) -> ApplyResult:
+        return self.apply_batch([touch])[0]
+
+    def apply_many(self, touches: Sequence[Touch]) -> list[ApplyResult]:
+        return [self.apply(t) for t in touches]
+
+    def _order(self, ident: Identifier) -> tuple[tuple[int, str], str]:
+        rank = self._ranks.get(ident.kind)
+        if rank is None:
+            rank = self._ranks[ident.kind] = self.policy.kind_rank(ident.kind)
+        return rank, ident.value
+
+    def _result(self, eid: str, out: dict[str, Any], rejected: tuple[Rejection, ...]) -> ApplyResult:
+        changes = [
+            ProfileChange(kind, pid, eid, tuple(_list(merged_from)), tuple(_list(split_from)))
+            for kind, pid, merged_from, split_from in _list(out.get("ch"))
+        ]
+        conflicts = tuple(
+            Conflict(eid, kind, int(limit), pid, other, _ident(node))
+            for kind, limit, pid, other, node in _list(out.get("cf"))
+        )
+        return ApplyResult(eid, out["s"], out.get("p"), tuple(changes), conflicts, rejected)
+
+    # ------------------------------------------------------------------ reading
+
+    def lookup(self, ident: Identifier) -> str | None:
+        found = self._person_id(keys=[self._key["owner"], self._key["person"]], args=[_node(ident)])
+        return _text(found) if found else None
+
+    def lookup_raw(self, kind: str, raw: str) -> str | None:
+        ident = self.normalizer.normalize(kind, raw)
+        return self.lookup(ident) if isinstance(ident, Identifier) else None
+
+    def resolve(self, profile_id: str) -> str | None:
+        for _ in range(64):
+            if self.client.hexists(self._key["pidx"], profile_id):
+                return profile_id
+            nxt = self.client.hget(self._key["redirect"], profile_id)
+            if nxt is None:
+                return None
+            profile_id = _text(nxt)
+        return None
+
+    def _record(self, profile_id: str) -> tuple[str, str, list[str]] | None:
+        handle = self.client.hget(self._key["pidx"], profile_id)
+        if handle is None:
+            return None
+        record = self.client.hget(self._key["person"], handle)
+        if record is None:
+            return None
+        pid, created, _hroot, _counts, nodes = _text(record).split(RS)
+        return pid, created, nodes.split(GS) if nodes else []
+
+    def profile(self, profile_id: str) -> dict[str, Any] | None:
+        live = self.resolve(profile_id)
+        if live is None:
+            return None
+        record = self._record(live)
+        return self._render(*record) if record else None
+
+    def _render(self, pid: str, created: str, nodes: list[str]) -> dict[str, Any]:
+        identifiers: dict[str, list[str]] = {}
+        for node in nodes:
+            ident = _ident(node)
+            identifiers.setdefault(ident.kind, []).append(ident.value)
+        aggs = self.client.hmget(self._key["agg"], nodes) if nodes else []
+        rank = self.policy.kind_rank
+        created_us = int(created.split("|", 1)[0])
+        return {
+            "profile_id": pid,
+            "created_at": (_EPOCH + timedelta(microseconds=created_us)).isoformat(),
+            "identifiers": {k: sorted(identifiers[k]) for k in sorted(identifiers, key=rank)},
+            **render((json.loads(a) for a in aggs if a is not None), self.policy.recent_touches),
+        }
+
+    def _records(self) -> Iterator[tuple[str, str, list[str]]]:
+        for _handle, raw in self.client.hscan_iter(self._key["person"], count=1000):
+            pid, created, _hroot, _counts, nodes = _text(raw).split(RS)
+            yield pid, created, nodes.split(GS) if nodes else []
+
+    def persons(self) -> dict[str, frozenset[Identifier]]:
+        return {pid: frozenset(_ident(n) for n in nodes) for pid, _created, nodes in self._records()}
+
+    def profiles(self) -> Iterator[dict[str, Any]]:
+        for record in sorted(self._records()):
+            yield self._render(*record)
+
+    @property
+    def redirects(self) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.client.hgetall(self._key["redirect"]).items()}
+
+    @property
+    def reorders(self) -> int:
+        return int(self.client.hget(self._key["meta"], "reorders") or 0)
+
+    def __len__(self) -> int:
+        return int(self.client.hlen(self._key["person"]))
+
+    def clear(self) -> None:
+        """Delete this graph's keys (tests, and `idstream rebuild` later)."""
+        self.client.delete(*self.keys)

@@ -1,0 +1,353 @@
+"""The identity stores on concrete stories: what a user of the golden profile must see.
+
+Every test here runs against the in-memory reference graph and the Redis store (the ``make_store``
+fixture), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import uuid
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from identity import (
+    CrmInfo,
+    Identifier,
+    IdentityGraph,
+    ResolutionPolicy,
+    Touch,
+    UnsupportedEvent,
+    Utm,
+)
+from streams.redis_store import RedisIdentityStore
+from tests.conftest import StoreFactory, touch
+from tests.test_graph_properties import POLICIES, events, random_events
+
+PHONE = ("phone", "8 (916) 123-45-67")
+E164 = Identifier("phone", "+79161234567")
+
+
+def story() -> list[Touch]:
+    """Ivan: phone visit, laptop visit, a form, a call, a CRM deal. Maria: one visit and a call."""
+    return [
+        touch("v1", 0, ("ym_client_id", "1700000000111"), ("ga_client_id", "GA1.2.111.1700000000"),
+              utm=Utm("yandex", "cpc", "brand"), attributes={"project": "Северный", "page": "/sever"}),
+        touch("v2", 60, ("ga_client_id", "GA1.2.222.1700000100"),
+              utm=Utm("google", "organic"), attributes={"project": "Северный", "page": "/sever/plans"}),
+        touch("f1", 65, ("ga_client_id", "222.1700000100"), ("phone", "8 (916) 123-45-67"),
+              ("email", "Ivan.Petrov@gmail.com"), type="form_submit", attributes={"name": "Иван"}),
+        touch("c1", 120, ("phone", "+7 916 123 45 67"), ("ga_client_id", "111.1700000000"),
+              type="call", source="calltouch", attributes={"duration_s": 184, "name": "Ваня"}),
+        touch("d1", 300, ("crm_contact_id", "amo-501"), ("phone", "79161234567"), ("email", "ivanpetrov@gmail.com"),
+              type="crm_stage", source="amocrm", attributes={"name": "Иван Петров"},
+              crm=CrmInfo("deal-9", "qualified", "new", "sales", 12_500_000.0)),
+        touch("m1", 10, ("ga_client_id", "GA1.2.333.1700000200"), attributes={"project": "Южный"}),
+        touch("m2", 30, ("phone", "8 (903) 765-43-21"), ("ga_client_id", "333.1700000200"), type="call",
+              source="calltouch"),
+    ]  # fmt: skip
+
+
+def test_every_touch_of_a_person_joins_one_golden_profile(make_store: StoreFactory) -> None:
+    graph = make_store()
+    results = graph.apply_many(story())
+    assert [r.status for r in results] == ["applied"] * 7
+    assert len(graph) == 2
+    ivan = graph.lookup(E164)
+    assert ivan is not None
+    assert graph.lookup_raw("ga_client_id", "GA1.2.111.1700000000") == ivan
+    assert graph.lookup_raw("email", "ivan.petrov+crm@googlemail.com") == ivan
+    assert graph.lookup_raw("crm_contact_id", "amo-501") == ivan
+    assert graph.lookup_raw("phone", "8 903 765 43 21") not in (None, ivan)
+
+    profile = graph.profile(ivan)
+    assert profile is not None
+    assert profile["identifiers"] == {
+        "crm_contact_id": ["amo-501"],
+        "email": ["ivanpetrov@gmail.com"],
+        "phone": ["+79161234567"],
+        "ym_client_id": ["1700000000111"],
+        "ga_client_id": ["111.1700000000", "222.1700000100"],
+    }
+    assert profile["display_name"] == "Иван Петров"  # the CRM beats the form and the call
+    assert profile["interests"]["projects"] == {"Северный": 2}
+    assert profile["interests"]["pages"] == {"/sever": 1, "/sever/plans": 1}
+    assert profile["touch_counts"] == {"call": 1, "crm_stage": 1, "form_submit": 1, "site_visit": 2}
+    assert profile["first_touch"]["event_id"] == "v1"
+    assert profile["first_touch"]["utm"] == {"source": "yandex", "medium": "cpc", "campaign": "brand"}
+    assert profile["last_touch"]["event_id"] == "d1"
+    assert [t["event_id"] for t in profile["recent_touches"]] == ["d1", "c1", "f1", "v2", "v1"]
+    assert profile["deals"]["deal-9"]["stage"] == "qualified"
+    assert profile["deals"]["deal-9"]["amount"] == 12_500_000.0
+    assert profile["attributes"]["duration_s"]["value"] == 184
+
+
+def test_merging_two_known_persons_retires_the_younger_id(make_store: StoreFactory) -> None:
+    graph = make_store()
+    older = graph.apply(touch("a", 0, ("ga_client_id", "1.1"))).profile_id
+    younger = graph.apply(touch("b", 5, ("phone", "8 916 123 45 67"))).profile_id
+    result = graph.apply(touch("c", 10, ("ga_client_id", "1.1"), PHONE, type="form_submit"))
+    assert older
+    assert younger
+    assert older != younger
+    assert result.profile_id == older
+    assert [(c.kind, c.profile_id, c.merged_from) for c in result.changes] == [("merged", older, (younger,))]
+    assert graph.resolve(younger or "") == older
+    assert graph.profile(younger) == graph.profile(older)
+    assert len(graph) == 1
+
+
+def test_crm_contact_id_anchors_the_survivor(make_store: StoreFactory) -> None:
+    graph = make_store()
+    visitor = graph.apply(touch("a", 0, ("ga_client_id", "1.1"))).profile_id
+    contact = graph.apply(touch("b", 5, ("crm_contact_id", "42"), PHONE, type="crm_stage",
+                                crm=CrmInfo("d", "new"))).profile_id  # fmt: skip
+    result = graph.apply(touch("c", 10, ("ga_client_id", "1.1"), PHONE, type="call"))
+    assert result.profile_id == contact != visitor
+    assert graph.resolve(visitor or "") == contact
+
+
+def test_without_anchor_the_older_profile_survives(make_store: StoreFactory) -> None:
+    graph = make_store(ResolutionPolicy(anchor_kinds=frozenset()))
+    visitor = graph.apply(touch("a", 0, ("ga_client_id", "1.1"))).profile_id
+    graph.apply(touch("b", 5, ("crm_contact_id", "42"), PHONE, type="crm_stage", crm=CrmInfo("d", "new")))
+    assert graph.apply(touch("c", 10, ("ga_client_id", "1.1"), PHONE)).profile_id == visitor
+
+
+def test_a_second_crm_contact_is_a_conflict_not_a_merge(make_store: StoreFactory) -> None:
+    graph = make_store()
+    first = graph.apply(touch("a", 0, ("crm_contact_id", "1"), PHONE, type="crm_stage", crm=CrmInfo("d1", "new")))
+    second = graph.apply(touch("b", 5, ("crm_contact_id", "2"), ("email", "xenia@mail.ru"), type="crm_stage",
+                               crm=CrmInfo("d2", "new")))  # fmt: skip
+    bridge = graph.apply(touch("c", 10, PHONE, ("email", "xenia@mail.ru"), type="form_submit"))
+    assert len(graph) == 2
+    # the e-mail is the stronger identifier, so the phone's person is the one refused
+    assert [(c.kind, c.limit, c.identifier) for c in bridge.conflicts] == [("crm_contact_id", 1, E164)]
+    assert bridge.profile_id == second.profile_id
+    conflict = bridge.conflicts[0]
+    assert {conflict.profile_id, conflict.other_profile_id} == {first.profile_id, second.profile_id}
+    assert conflict.to_dict()["reason"] == "limit_exceeded"
+
+
+def test_a_new_identifier_over_the_limit_becomes_its_own_person(make_store: StoreFactory) -> None:
+    graph = make_store(ResolutionPolicy(limits={"phone": 2}))
+    owner = graph.apply(touch("a", 0, ("email", "ivan@mail.ru"), ("phone", "89161234501"))).profile_id
+    graph.apply(touch("b", 1, ("email", "ivan@mail.ru"), ("phone", "89162345602")))
+    third = graph.apply(touch("c", 2, ("email", "ivan@mail.ru"), ("phone", "89163456703")))
+    assert third.profile_id == owner
+    assert len(third.conflicts) == 1
+    assert third.conflicts[0].identifier == Identifier("phone", "+79163456703")
+    loner = graph.lookup(Identifier("phone", "+79163456703"))
+    assert loner is not None
+    assert loner != owner
+    assert [c.kind for c in third.changes if c.profile_id == loner] == ["created"]
+
+
+def test_identity_link_beats_the_limits(make_store: StoreFactory) -> None:
+    graph = make_store()
+    graph.apply(touch("a", 0, ("crm_contact_id", "1"), PHONE, type="crm_stage", crm=CrmInfo("d1", "new")))
+    graph.apply(touch("b", 1, ("crm_contact_id", "2"), type="crm_stage", crm=CrmInfo("d2", "new")))
+    link = graph.apply(touch("c", 2, ("crm_contact_id", "1"), ("crm_contact_id", "2"), type="identity_link",
+                             source="amocrm"))  # fmt: skip
+    assert link.conflicts == ()
+    assert len(graph) == 1
+    profile = graph.profile(graph.lookup(E164) or "")
+    assert profile is not None
+    assert profile["identifiers"]["crm_contact_id"] == ["1", "2"]
+    assert "identity_link" not in profile["touch_counts"]  # a correction is not a contact
+
+
+def test_junk_values_link_nothing(make_store: StoreFactory) -> None:
+    graph = make_store()
+    a = graph.apply(touch("a", 0, ("email", "test@test.ru"), ("phone", "89161234501"), type="form_submit"))
+    b = graph.apply(touch("b", 1, ("email", "test@test.ru"), ("phone", "89162345602"), type="form_submit"))
+    c = graph.apply(touch("c", 2, ("phone", "+7 (999) 999-99-99"), ("phone", "89163456703"), type="form_submit"))
+    assert len({a.profile_id, b.profile_id, c.profile_id}) == 3
+    assert [r.reason for r in a.rejected] == ["placeholder_mailbox"]
+    assert [r.reason for r in c.rejected] == ["repeated_digits"]
+    assert graph.lookup_raw("email", "test@test.ru") is None
+
+
+def test_an_event_with_no_usable_identifier_is_unresolved(make_store: StoreFactory) -> None:
+    graph = make_store()
+    result = graph.apply(touch("a", 0, ("phone", "12"), ("email", "no@mail.ru"), type="form_submit"))
+    assert result.status == "unresolved"
+    assert result.profile_id is None
+    assert {r.reason for r in result.rejected} == {"invalid_number", "blocklisted"}
+    assert len(graph) == 0
+    assert graph.apply(touch("a", 0, ("phone", "12"))).status == "duplicate"
+
+
+def test_redelivery_changes_nothing(make_store: StoreFactory) -> None:
+    graph = make_store()
+    events = story()
+    graph.apply_many(events)
+    before = list(graph.profiles())
+    again = graph.apply_many(events)
+    assert {r.status for r in again} == {"duplicate"}
+    assert all(r.changes == () for r in again)
+    assert [r.profile_id for r in again] == [graph.lookup_raw(*e.identifiers[0]) for e in events]
+    assert list(graph.profiles()) == before
+
+
+def test_a_late_event_gives_the_same_persons_as_in_order(make_store: StoreFactory) -> None:
+    events = story()
+    in_order = make_store()
+    in_order.apply_many(events)
+    late = make_store()
+    late.apply_many(events[1:])
+    result = late.apply(events[0])  # the first visit arrives last
+    assert result.status == "reordered"
+    assert late.reorders == 1
+    assert late.persons() == in_order.persons()
+    assert list(late.profiles()) == list(in_order.profiles())
+
+
+def test_a_late_older_event_retires_the_younger_id_with_a_redirect(make_store: StoreFactory) -> None:
+    graph = make_store()
+    young = graph.apply(touch("b", 10, ("ga_client_id", "1.1"))).profile_id
+    result = graph.apply(touch("a", 0, ("ga_client_id", "1.1"), ("email", "ivan@mail.ru")))
+    assert result.status == "reordered"
+    assert result.profile_id != young
+    assert [(c.kind, c.merged_from) for c in result.changes] == [("merged", (young,))]
+    assert graph.resolve(young or "") == result.profile_id
+
+
+def test_a_late_event_can_refuse_a_merge_that_happened_and_reports_a_split(make_store: StoreFactory) -> None:
+    """CRM 1 <- phone (t=0); later phone <- email <- CRM 2 in order would merge; a late t=1 event changes who wins."""
+    graph = make_store()
+    graph.apply(touch("a", 0, ("crm_contact_id", "1"), ("email", "anna@mail.ru"), type="crm_stage",
+                      crm=CrmInfo("d1", "new")))  # fmt: skip
+    graph.apply(touch("c", 10, ("phone", "89161234501"), ("email", "boris@mail.ru")))
+    graph.apply(touch("d", 20, ("crm_contact_id", "2"), ("email", "boris@mail.ru"), type="crm_stage",
+                      crm=CrmInfo("d2", "new")))  # fmt: skip
+    crm2 = graph.lookup(Identifier("crm_contact_id", "2"))
+    assert graph.lookup(Identifier("phone", "+79161234501")) == crm2
+    # a late event at t=5 says the phone belonged to CRM 1's person before CRM 2 ever appeared
+    late = graph.apply(touch("b", 5, ("phone", "89161234501"), ("email", "anna@mail.ru")))
+    assert late.status == "reordered"
+    crm1 = graph.lookup(Identifier("crm_contact_id", "1"))
+    assert crm1 is not None
+    assert graph.lookup(Identifier("phone", "+79161234501")) == crm1
+    assert graph.lookup(Identifier("email", "boris@mail.ru")) == crm1
+    assert graph.lookup(Identifier("crm_contact_id", "2")) != crm1
+    kinds = {c.profile_id: c.kind for c in late.changes}
+    assert kinds[crm1] in ("split", "merged")
+    assert "split" in kinds.values()
+    reference = make_store()
+    reference.apply_many(sorted([touch("a", 0, ("crm_contact_id", "1"), ("email", "anna@mail.ru"), type="crm_stage",
+                                       crm=CrmInfo("d1", "new")),
+                                 touch("c", 10, ("phone", "89161234501"), ("email", "boris@mail.ru")),
+                                 touch("d", 20, ("crm_contact_id", "2"), ("email", "boris@mail.ru"), type="crm_stage",
+                                       crm=CrmInfo("d2", "new")),
+                                 touch("b", 5, ("phone", "89161234501"), ("email", "anna@mail.ru"))],
+                                key=lambda t: t.key))  # fmt: skip
+    assert graph.persons() == reference.persons()
+
+
+def test_attribute_survivorship_trust_then_recency(make_store: StoreFactory) -> None:
+    graph = make_store()
+    graph.apply(touch("a", 0, PHONE, type="form_submit", attributes={"name": "Иван", "city": "Москва"}))
+    graph.apply(touch("b", 5, PHONE, type="call", attributes={"name": "Ваня"}))
+    graph.apply(touch("c", 9, PHONE, type="form_submit", attributes={"city": "Химки", "name": None}))
+    profile = graph.profile(graph.lookup(E164) or "")
+    assert profile is not None
+    assert profile["display_name"] == "Иван"  # a form beats a later call; null says nothing
+    assert profile["attributes"]["city"]["value"] == "Химки"  # same trust: the newer wins
+    assert profile["attributes"]["city"]["event_id"] == "c"
+
+    by_source = make_store(ResolutionPolicy(source_trust={"calltouch": 99}))
+    by_source.apply(touch("a", 0, PHONE, type="form_submit", attributes={"name": "Иван"}))
+    by_source.apply(touch("b", 5, PHONE, type="call", source="calltouch", attributes={"name": "Ваня"}))
+    assert (by_source.profile(by_source.lookup(E164) or "") or {})["display_name"] == "Ваня"
+
+
+def test_recent_touches_are_bounded_and_newest_first(make_store: StoreFactory) -> None:
+    graph = make_store(ResolutionPolicy(recent_touches=3))
+    for i in (5, 1, 9, 3, 7):
+        graph.apply(touch(f"e{i}", i, PHONE))
+    profile = graph.profile(graph.lookup(E164) or "")
+    assert profile is not None
+    assert [t["event_id"] for t in profile["recent_touches"]] == ["e9", "e7", "e5"]
+    assert profile["touch_counts"] == {"site_visit": 5}
+    assert profile["first_touch"]["event_id"] == "e1"
+
+
+def test_deal_keeps_its_latest_stage_whatever_the_arrival_order(make_store: StoreFactory) -> None:
+    graph = make_store()
+
+    def stage(eid: str, minute: int, name: str) -> Touch:
+        return touch(
+            eid, minute, ("crm_contact_id", "7"), type="crm_stage", source="amocrm", crm=CrmInfo("deal-1", name)
+        )
+
+    graph.apply(stage("s3", 30, "won"))
+    graph.apply(stage("s1", 10, "new"))
+    graph.apply(stage("s2", 20, "meeting"))
+    profile = graph.profile(graph.lookup(Identifier("crm_contact_id", "7")) or "")
+    assert profile is not None
+    assert profile["deals"]["deal-1"]["stage"] == "won"
+
+
+@pytest.mark.parametrize("kind", ["identity_unlink", "erase_request"])
+def test_types_of_a_later_issue_are_refused_without_being_marked_seen(kind: str, make_store: StoreFactory) -> None:
+    graph = make_store()
+    event = touch("x", 0, PHONE, ("email", "anna@mail.ru"), type=kind)
+    with pytest.raises(UnsupportedEvent) as caught:
+        graph.apply(event)
+    assert not caught.value.retriable
+    assert graph.apply(touch("x", 0, PHONE)).status == "applied"  # the id was not burnt
+
+
+# ----------------------------------------------------------------------------- Redis against the reference
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(evs=events(), policy=st.sampled_from(POLICIES), batch=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_redis_store_gives_the_reference_results_batch_by_batch(
+    redis_client: redis.Redis, evs: list[Touch], policy: ResolutionPolicy, batch: int, seed: int
+) -> None:
+    """Every outcome, person, profile and redirect of the Redis store equals the in-memory reference."""
+    random.Random(seed).shuffle(evs)
+    reference = IdentityGraph(policy)
+    expected = reference.apply_many(evs)
+    store = RedisIdentityStore(redis_client, policy, prefix=f"prop-{uuid.uuid4().hex[:12]}")
+    got = [r for i in range(0, len(evs), batch) for r in store.apply_batch(evs[i : i + batch])]
+    assert got == expected
+    assert store.persons() == reference.persons()
+    assert list(store.profiles()) == list(reference.profiles())
+    assert store.redirects == reference.redirects
+    store.clear()
+
+
+def test_two_writers_at_once_lose_and_double_nothing(redis_url: str) -> None:
+    """Two workers apply interleaved batches of one stream concurrently: the graph is the canonical one."""
+    rng = random.Random(42)
+    evs = [e for _ in range(40) for e in random_events(rng, 12)]
+    evs = [dataclasses.replace(e, event_id=f"{i}-{e.event_id}") for i, e in enumerate(evs)]
+    reference = IdentityGraph()
+    reference.apply_many(evs)
+    prefix = f"race-{uuid.uuid4().hex[:12]}"
+
+    def writer(part: list[Touch]) -> None:
+        client = redis.Redis.from_url(redis_url)
+        store = RedisIdentityStore(client, prefix=prefix)
+        for i in range(0, len(part), 7):
+            store.apply_batch(part[i : i + 7])
+            store.apply_batch(part[max(0, i - 3) : i + 2])  # redeliveries overlap the other writer's work
+        client.close()
+
+    threads = [threading.Thread(target=writer, args=(evs[k::2],)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    store = RedisIdentityStore(redis.Redis.from_url(redis_url), prefix=prefix)
+    assert store.persons() == reference.persons()
+    assert list(store.profiles()) == list(reference.profiles())
+    store.clear()
