@@ -2,6 +2,7 @@
 
 from schemas.errors import FieldError, InvalidMessage
 from schemas.export import SCHEMAS, export_schemas, json_schema
+from schemas.outputs import DeadLetter, IdentityChange, ProfileUpdate
 from schemas.touch import (
     MAX_IDENTIFIERS,
     MAX_MESSAGE_BYTES,
@@ -17,9 +18,12 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "SCHEMAS",
     "CrmIn",
+    "DeadLetter",
     "FieldError",
     "IdentifierIn",
+    "IdentityChange",
     "InvalidMessage",
+    "ProfileUpdate",
     "TouchEvent",
     "UtmIn",
     "decode_touch",

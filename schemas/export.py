@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.errors import FieldError
+from schemas.outputs import DeadLetter, IdentityChange, ProfileUpdate
 from schemas.touch import TouchEvent
 
 __all__ = ["SCHEMAS", "export_schemas", "json_schema"]
@@ -17,6 +18,9 @@ __all__ = ["SCHEMAS", "export_schemas", "json_schema"]
 SCHEMAS: dict[str, type[BaseModel]] = {
     "touch-event.v1.json": TouchEvent,
     "field-error.v1.json": FieldError,
+    "profile-update.v1.json": ProfileUpdate,
+    "identity-change.v1.json": IdentityChange,
+    "dead-letter.v1.json": DeadLetter,
 }
 
 

@@ -74,6 +74,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _person(raw: bytes | str) -> tuple[str, str, list[str]]:
+    """A stored person record: (profile id, creation key, nodes)."""
+    pid, created, _hroot, _counts, nodes = _text(raw).split(RS)
+    return pid, created, nodes.split(GS) if nodes else []
+
+
 def _list(value: Any) -> list[Any]:
     """cjson encodes an empty Lua table as {}: read it as an empty list."""
     return value if isinstance(value, list) else []
@@ -195,10 +201,7 @@ class RedisIdentityStore:
         if handle is None:
             return None
         record = self.client.hget(self._key["person"], handle)
-        if record is None:
-            return None
-        pid, created, _hroot, _counts, nodes = _text(record).split(RS)
-        return pid, created, nodes.split(GS) if nodes else []
+        return _person(record) if record is not None else None
 
     def profile(self, profile_id: str) -> dict[str, Any] | None:
         live = self.resolve(profile_id)
@@ -207,12 +210,13 @@ class RedisIdentityStore:
         record = self._record(live)
         return self._render(*record) if record else None
 
-    def _render(self, pid: str, created: str, nodes: list[str]) -> dict[str, Any]:
+    def _render(self, pid: str, created: str, nodes: list[str], aggs: list[Any] | None = None) -> dict[str, Any]:
         identifiers: dict[str, list[str]] = {}
         for node in nodes:
             ident = _ident(node)
             identifiers.setdefault(ident.kind, []).append(ident.value)
-        aggs = self.client.hmget(self._key["agg"], nodes) if nodes else []
+        if aggs is None:
+            aggs = self.client.hmget(self._key["agg"], nodes) if nodes else []
         rank = self.policy.kind_rank
         created_us = int(created.split("|", 1)[0])
         return {
@@ -222,10 +226,34 @@ class RedisIdentityStore:
             **render((json.loads(a) for a in aggs if a is not None), self.policy.recent_touches),
         }
 
+    def profiles_for(self, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Golden profiles of live ids, in three pipelined round trips whatever their number."""
+        if not profile_ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for pid in profile_ids:
+            pipe.hget(self._key["pidx"], pid)
+        handles = pipe.execute()
+        for handle in handles:
+            pipe.hget(self._key["person"], handle or b"")
+        records = []
+        for raw in pipe.execute():
+            if raw is None:
+                continue
+            records.append(_person(raw))
+            pipe.hmget(self._key["agg"], records[-1][2] or ["-"])
+        profiles = {}
+        for (pid, created, nodes), aggs in zip(records, pipe.execute(), strict=True):
+            profiles[pid] = self._render(pid, created, nodes, aggs)
+        return profiles
+
+    def next_versions(self, n: int) -> int:
+        """Reserve ``n`` profile-update versions; returns the last. Versions only grow, across workers."""
+        return int(self.client.hincrby(self._key["meta"], "version", n))
+
     def _records(self) -> Iterator[tuple[str, str, list[str]]]:
         for _handle, raw in self.client.hscan_iter(self._key["person"], count=1000):
-            pid, created, _hroot, _counts, nodes = _text(raw).split(RS)
-            yield pid, created, nodes.split(GS) if nodes else []
+            yield _person(raw)
 
     def persons(self) -> dict[str, frozenset[Identifier]]:
         return {pid: frozenset(_ident(n) for n in nodes) for pid, _created, nodes in self._records()}

@@ -1,0 +1,59 @@
+"""Messages idstream produces: profile updates, identity changes and dead letters."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DeadLetter", "IdentityChange", "ProfileUpdate"]
+
+
+class ProfileUpdate(BaseModel):
+    """One message on ``profiles.updates`` (compacted, keyed by ``profile_id``).
+
+    A subscriber keeps, per ``profile_id``, the message with the highest ``version``; versions only
+    grow, across all workers. ``merged``: the ids in ``merged_from`` are retired (each also gets a
+    tombstone: a null value under its key) and their records belong to this profile now. ``split``:
+    identifiers moved between this profile and those in ``split_from``; each of them gets its own
+    update in the same batch.
+    """
+
+    model_config = ConfigDict(title="ProfileUpdate", extra="forbid")
+
+    kind: Literal["created", "updated", "merged", "split", "erased"]
+    profile_id: str
+    version: int = Field(ge=1)
+    event_ids: list[str] = Field(description="The events of this batch that caused the update.")
+    merged_from: list[str] = Field(default_factory=list)
+    split_from: list[str] = Field(default_factory=list)
+    profile: dict[str, Any] | None = Field(description="The golden profile; null for erased.")
+
+
+class IdentityChange(BaseModel):
+    """One message on ``identity.changes``: a merge, a split, a refused merge or rejected identifiers."""
+
+    model_config = ConfigDict(title="IdentityChange", extra="forbid")
+
+    type: Literal["merged", "split", "conflict", "rejected_identifiers"]
+    profile_id: str | None
+    event_id: str
+    source: str
+    occurred_at: str
+    merged_from: list[str] = Field(default_factory=list)
+    split_from: list[str] = Field(default_factory=list)
+    conflict: dict[str, Any] | None = None
+    rejected: list[dict[str, str]] = Field(default_factory=list)
+
+
+class DeadLetter(BaseModel):
+    """One message on ``touches.dlq``: an input that was not applied, where it came from, and why."""
+
+    model_config = ConfigDict(title="DeadLetter", extra="forbid")
+
+    topic: str
+    partition: int
+    offset: int
+    error: dict[str, Any]
+    value_utf8: str | None = Field(None, description="The original bytes, when they are UTF-8.")
+    value_base64: str | None = Field(None, description="The original bytes otherwise.")

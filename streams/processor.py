@@ -1,0 +1,195 @@
+"""The I/O-free heart of the worker: a batch of inbound messages in, the messages to produce out.
+
+It decodes and validates with ``schemas/``, applies the touches to the store in one call, and turns
+the outcomes into profile updates, identity changes and dead letters. It never raises for bad input:
+a message that cannot be applied becomes a dead letter with its original bytes and the reason.
+It raises :class:`identity.TransientError` when the store is briefly unavailable; the caller retries
+the whole batch, which is safe because the store ignores redelivered event ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from identity import ApplyResult, IdstreamError, Touch, TransientError, UnsupportedEvent
+from identity.graph import ChangeKind
+from identity.touch import LINKING_TYPES
+from schemas import DeadLetter, IdentityChange, InvalidMessage, ProfileUpdate, decode_touch
+
+__all__ = ["Inbound", "Outbound", "OutputTopics", "Processor", "ProfileSource"]
+
+log = logging.getLogger("idstream.processor")
+
+#: When several things happened to one profile in a batch, its update carries the strongest kind.
+_KIND_ORDER = {"updated": 0, "created": 1, "merged": 2, "split": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    topic: str
+    key: bytes | None
+    value: bytes | None  # None is a tombstone
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTopics:
+    profiles: str = "profiles.updates"
+    changes: str = "identity.changes"
+    dlq: str = "touches.dlq"
+
+
+class ProfileSource(Protocol):
+    """What the processor needs from a store (RedisIdentityStore provides it)."""
+
+    def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]: ...
+
+    def profiles_for(self, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+
+    def next_versions(self, n: int) -> int: ...
+
+
+def _json(model: Any) -> bytes:
+    return model.model_dump_json().encode() if hasattr(model, "model_dump_json") else json.dumps(model).encode()
+
+
+@dataclass
+class _Pending:
+    kind: ChangeKind = "updated"
+    event_ids: list[str] = field(default_factory=list)
+    merged_from: set[str] = field(default_factory=set)
+    split_from: set[str] = field(default_factory=set)
+
+
+class Processor:
+    def __init__(self, store: ProfileSource, topics: OutputTopics | None = None) -> None:
+        self.store = store
+        self.topics = topics or OutputTopics()
+
+    def process(self, batch: Sequence[Inbound]) -> list[Outbound]:
+        out: list[Outbound] = []
+        accepted: list[tuple[Inbound, Touch]] = []
+        for msg in batch:
+            try:
+                touch = decode_touch(msg.value or b"").to_touch()
+                if touch.type not in LINKING_TYPES:
+                    raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version")
+            except (InvalidMessage, UnsupportedEvent) as exc:
+                out.append(self._dead_letter(msg, exc))
+                continue
+            accepted.append((msg, touch))
+        results = self._apply(accepted, out)
+        out.extend(self._outputs(results))
+        return out
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply(self, accepted: list[tuple[Inbound, Touch]], out: list[Outbound]) -> list[tuple[Touch, ApplyResult]]:
+        touches = [t for _, t in accepted]
+        try:
+            return list(zip(touches, self.store.apply_batch(touches), strict=True))
+        except TransientError:
+            raise
+        except Exception as exc:
+            if len(accepted) == 1:
+                out.append(self._dead_letter(accepted[0][0], exc))
+                return []
+            log.warning("batch of %d failed (%s); applying one by one", len(accepted), type(exc).__name__)
+        applied = []
+        for msg, touch in accepted:  # the store wrote nothing for the failed batch, so this is safe
+            applied.extend(self._apply([(msg, touch)], out))
+        return applied
+
+    def _dead_letter(self, msg: Inbound, exc: Exception) -> Outbound:
+        error = exc.to_dict() if isinstance(exc, IdstreamError) else {"code": "store_error", "message": str(exc)[:500]}
+        value = msg.value or b""
+        try:
+            text, b64 = value.decode("utf-8"), None
+        except UnicodeDecodeError:
+            text, b64 = None, base64.b64encode(value).decode()
+        letter = DeadLetter(
+            topic=msg.topic, partition=msg.partition, offset=msg.offset, error=error, value_utf8=text, value_base64=b64
+        )
+        return Outbound(self.topics.dlq, None, _json(letter))
+
+    # ------------------------------------------------------------------ outputs
+
+    def _outputs(self, results: list[tuple[Touch, ApplyResult]]) -> list[Outbound]:
+        out: list[Outbound] = []
+        pending: dict[str, _Pending] = {}
+        for touch, result in results:
+            self._changes(touch, result, out)
+            if result.status == "duplicate":  # re-emit: the first delivery may have died before producing
+                if result.profile_id is not None:
+                    pending.setdefault(result.profile_id, _Pending()).event_ids.append(touch.event_id)
+                continue
+            for change in result.changes:
+                p = pending.setdefault(change.profile_id, _Pending())
+                if _KIND_ORDER[change.kind] > _KIND_ORDER[p.kind]:
+                    p.kind = change.kind
+                if touch.event_id not in p.event_ids:
+                    p.event_ids.append(touch.event_id)
+                p.merged_from.update(change.merged_from)
+                p.split_from.update(change.split_from)
+        profiles = self.store.profiles_for(sorted(pending))
+        retired = {old for p in pending.values() for old in p.merged_from} - profiles.keys()
+        messages = [(pid, pending[pid]) for pid in sorted(profiles)]
+        last = self.store.next_versions(len(messages)) if messages else 0
+        for version, (pid, p) in enumerate(messages, start=last - len(messages) + 1):
+            update = ProfileUpdate(
+                kind=p.kind,
+                profile_id=pid,
+                version=version,
+                event_ids=p.event_ids,
+                merged_from=sorted(p.merged_from - profiles.keys()),
+                split_from=sorted(p.split_from),
+                profile=profiles[pid],
+            )
+            out.append(Outbound(self.topics.profiles, pid.encode(), _json(update)))
+        out.extend(Outbound(self.topics.profiles, old.encode(), None) for old in sorted(retired))
+        return out
+
+    def _changes(self, touch: Touch, result: ApplyResult, out: list[Outbound]) -> None:
+        common = {"event_id": touch.event_id, "source": touch.source, "occurred_at": touch.occurred_at.isoformat()}
+        changes: list[IdentityChange] = []
+        for change in result.changes:
+            if change.kind == "merged":
+                changes.append(
+                    IdentityChange(
+                        type="merged", profile_id=change.profile_id, merged_from=list(change.merged_from), **common
+                    )
+                )
+            elif change.kind == "split":
+                changes.append(
+                    IdentityChange(
+                        type="split", profile_id=change.profile_id, split_from=list(change.split_from), **common
+                    )
+                )
+        changes.extend(
+            IdentityChange(type="conflict", profile_id=c.profile_id, conflict=c.to_dict(), **common)
+            for c in result.conflicts
+        )
+        if result.rejected:
+            changes.append(
+                IdentityChange(
+                    type="rejected_identifiers",
+                    profile_id=result.profile_id,
+                    rejected=[r.to_dict() for r in result.rejected],
+                    **common,
+                )
+            )
+        for message in changes:
+            key = message.profile_id.encode() if message.profile_id else None
+            out.append(Outbound(self.topics.changes, key, _json(message)))
