@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +46,25 @@ class Settings(BaseSettings):
         None,
         validation_alias=AliasChoices("IDSTREAM_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
         description="Kafka bootstrap servers; unset means the embedded runtime starts a broker.",
+    )
+
+    app_id: str = Field("idstream", description="Kafka consumer group of the workers.")
+    touch_topics: list[str] = Field(
+        default_factory=lambda: ["touches.site", "touches.calls", "touches.forms", "touches.crm"]
+    )
+    profiles_topic: str = "profiles.updates"
+    changes_topic: str = "identity.changes"
+    dlq_topic: str = "touches.dlq"
+    topic_partitions: int = Field(4, ge=1)
+    batch_size: int = Field(500, ge=1, description="Most events per batch (one Redis call).")
+    batch_within: float = Field(0.2, gt=0, description="Seconds to wait for a batch to fill.")
+    broker_session_timeout: float = Field(
+        10.0, gt=0, description="Seconds; group joins wait on it (Faust's 60 s default makes startup slow)."
+    )
+    give_up_after: float = Field(60.0, ge=0, description="Seconds of store outage before the worker exits.")
+    state_file: Path = Field(
+        default_factory=lambda: Path.home() / ".idstream" / "runtime.json",
+        description="Where `idstream up` leaves the addresses of the runtime it started.",
     )
 
     def normalizer_config(self) -> NormalizerConfig:

@@ -1,0 +1,120 @@
+"""The Faust worker: consume touch topics in batches, resolve them in Redis, publish the results.
+
+The agent is deliberately thin; everything it does to a batch is :class:`streams.processor.Processor`.
+Faust acknowledges an event when the agent body raises (and the whole batch under ``take_events``),
+so nothing may escape the loop: transient store errors are retried with backoff, and anything else,
+or a store that stays down, ends the process with ``os._exit`` *before* the ack, so Kafka redelivers
+the batch to the next worker (the store ignores event ids it has applied).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import faust
+import redis
+from faust.streams import Stream
+from faust.types import EventT
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from identity import TransientError
+from streams.processor import Inbound, Outbound, OutputTopics, Processor
+from streams.settings import Settings
+
+__all__ = ["create_app", "ensure_topics", "run_batch"]
+
+log = logging.getLogger("idstream.worker")
+
+
+def ensure_topics(settings: Settings, bootstrap: str) -> None:
+    """Create the touch and output topics (idempotent). ``profiles.updates`` is compacted."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="idstream-admin", request_timeout_ms=15_000)
+    try:
+        compacted = {"cleanup.policy": "compact"}
+        wanted = [NewTopic(t, settings.topic_partitions, 1) for t in settings.touch_topics]
+        wanted.append(NewTopic(settings.profiles_topic, settings.topic_partitions, 1, topic_configs=compacted))
+        wanted += [NewTopic(t, settings.topic_partitions, 1) for t in (settings.changes_topic, settings.dlq_topic)]
+        existing = set(admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
+                admin.create_topics(missing)
+    finally:
+        admin.close()
+
+
+def _fatal(reason: str) -> None:
+    """Stop now, before Faust acknowledges the batch: the events will be redelivered."""
+    log.critical("stopping the worker without acknowledging the batch: %s", reason)
+    logging.shutdown()
+    os._exit(70)
+
+
+async def run_batch(
+    process: Callable[[Sequence[Inbound]], list[Outbound]],
+    batch: Sequence[Inbound],
+    *,
+    give_up_after: float,
+    on_fatal: Callable[[str], None] = _fatal,
+) -> list[Outbound] | None:
+    """Run one batch through the processor off the event loop, retrying transient errors with backoff."""
+    loop = asyncio.get_running_loop()
+    delay, waited = 0.1, 0.0
+    while True:
+        try:
+            return await loop.run_in_executor(None, process, batch)
+        except TransientError as exc:
+            if waited >= give_up_after:
+                on_fatal(f"store unavailable for {waited:.0f} s: {exc}")
+                return None
+            log.warning("transient error, retrying in %.1f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+        except Exception as exc:
+            log.exception("unexpected error in a batch")
+            on_fatal(f"{type(exc).__name__}: {exc}")
+            return None
+
+
+def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
+    """A Faust app wired to the given broker and Redis."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        processing_guarantee="at_least_once",
+        table_standby_replicas=0,  # no tables: the simple round-robin assignor
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=False,  # ensure_topics creates them, with the right configs
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=max(1.0, settings.broker_session_timeout / 5),
+        broker_rebalance_timeout=settings.broker_session_timeout,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+    )
+    client = redis.Redis.from_url(redis_url)
+    processor = Processor(
+        settings.redis_store(client),
+        OutputTopics(settings.profiles_topic, settings.changes_topic, settings.dlq_topic),
+    )
+    touches = app.topic(*settings.touch_topics, key_type=bytes, value_type=bytes, value_serializer="raw")
+
+    async def resolve(stream: faust.StreamT[Any]) -> None:
+        events: Sequence[EventT[Any]]
+        batches = cast(Stream[Any], stream).take_events(settings.batch_size, within=settings.batch_within)
+        async for events in batches:
+            batch = [Inbound(e.message.value, e.message.topic, e.message.partition, e.message.offset) for e in events]
+            out = await run_batch(processor.process, batch, give_up_after=settings.give_up_after)
+            for message in out or ():
+                await app.producer.send(message.topic, message.key, message.value, None, None, None)
+
+    app.agent(touches, name="idstream.resolve", concurrency=1)(resolve)
+    return app

@@ -1,0 +1,232 @@
+"""The streaming service against the real thing: the embedded Kafka-protocol broker, Redis, Faust workers.
+
+Each test gets its own consumer group, topic names and Redis key prefix, and shares one broker and
+one Redis per session. Tests wait on conditions (the consumer group's lag, messages on a topic),
+never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from identity import IdentityGraph, Touch
+from schemas import DeadLetter, ProfileUpdate, TouchEvent
+from streams.app import ensure_topics
+from streams.cli import _group_lag
+from streams.embedded import start_broker
+from streams.redis_store import RedisIdentityStore
+from streams.settings import Settings
+from tests.test_graph_properties import random_events
+from tests.test_store_contract import story
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """IDSTREAM_KAFKA_BOOTSTRAP_SERVERS when set, else a private broker for this test session."""
+    configured = Settings().kafka_bootstrap_servers
+    if configured:
+        yield configured
+        return
+    with start_broker(tmp_path_factory.mktemp("broker")) as broker:
+        yield broker.url
+
+
+class Deployment:
+    """One isolated idstream deployment (group, topics, key prefix) on the shared servers."""
+
+    def __init__(self, kafka: str, redis_url: str, tmp: Path, partitions: int = 4) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.kafka, self.redis_url, self.tmp = kafka, redis_url, tmp
+        self.env = {
+            **os.environ,
+            "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka,
+            "IDSTREAM_REDIS_URL": redis_url,
+            "IDSTREAM_APP_ID": f"idstream-{tag}",
+            "IDSTREAM_TOUCH_TOPICS": json.dumps([f"touches-{tag}"]),
+            "IDSTREAM_PROFILES_TOPIC": f"profiles-{tag}",
+            "IDSTREAM_CHANGES_TOPIC": f"changes-{tag}",
+            "IDSTREAM_DLQ_TOPIC": f"dlq-{tag}",
+            "IDSTREAM_REDIS_PREFIX": f"e2e-{tag}",
+            "IDSTREAM_TOPIC_PARTITIONS": str(partitions),
+            "IDSTREAM_BATCH_WITHIN": "0.05",
+            "IDSTREAM_STATE_FILE": str(tmp / "runtime.json"),
+        }
+        self.settings = Settings(
+            kafka_bootstrap_servers=kafka,
+            redis_url=redis_url,
+            app_id=f"idstream-{tag}",
+            touch_topics=[f"touches-{tag}"],
+            profiles_topic=f"profiles-{tag}",
+            changes_topic=f"changes-{tag}",
+            dlq_topic=f"dlq-{tag}",
+            redis_prefix=f"e2e-{tag}",
+            topic_partitions=partitions,
+        )
+        ensure_topics(self.settings, kafka)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.producer = KafkaProducer(bootstrap_servers=kafka, acks=1)
+
+    @property
+    def topic(self) -> str:
+        return self.settings.touch_topics[0]
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"worker-{len(self.workers)}.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], env=self.env, cwd=ROOT, stdout=log, stderr=log
+        )
+        self.workers.append(worker)
+        return worker
+
+    def produce(self, values: list[bytes], keys: list[bytes] | None = None) -> None:
+        for i, value in enumerate(values):
+            self.producer.send(self.topic, value, key=keys[i] if keys else None)
+        self.producer.flush()
+
+    def lag(self) -> int:
+        return _group_lag(self.kafka, self.settings.app_id, self.settings.touch_topics)
+
+    def read(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+        consumer = KafkaConsumer(bootstrap_servers=self.kafka, enable_auto_commit=False, group_id=None)
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        out: list[tuple[bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + 20
+        while any(consumer.position(tp) < ends[tp] for tp in partitions) and time.monotonic() < deadline:
+            for records in consumer.poll(200).values():
+                out.extend((r.key, r.value) for r in records)
+        consumer.close()
+        return out
+
+    def store(self) -> RedisIdentityStore:
+        return self.settings.redis_store(redis.Redis.from_url(self.redis_url))
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        self.producer.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def deployment(kafka: str, redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    deployed = Deployment(kafka, redis_url, tmp_path)
+    yield deployed
+    deployed.stop()
+
+
+def wire(touches: list[Touch]) -> list[bytes]:
+    return [TouchEvent.from_touch(t).model_dump_json().encode() for t in touches]
+
+
+def unique(touches: list[Touch]) -> list[Touch]:
+    """Random streams reuse event ids per stream; give every touch its own."""
+    return [dataclasses.replace(t, event_id=f"{i}-{t.event_id}") for i, t in enumerate(touches)]
+
+
+def reference(touches: list[Touch]) -> IdentityGraph:
+    graph = IdentityGraph()
+    graph.apply_many(touches)
+    return graph
+
+
+def test_a_produced_touch_becomes_a_profile_update_and_bad_input_a_dead_letter(deployment: Deployment) -> None:
+    touches = story()
+    deployment.start_worker()
+    values = wire(touches)
+    values.insert(3, b'{"event_id": "broken", "type": "call"}')
+    deployment.produce(values + wire(touches[:2]))  # and two redeliveries
+    wait_for(lambda: deployment.lag() == 0, 120, "the worker to consume everything")
+
+    expected = reference(touches)
+    store = deployment.store()
+    assert store.persons() == expected.persons()
+    assert list(store.profiles()) == list(expected.profiles())
+
+    latest: dict[str, ProfileUpdate | None] = {}
+    for key, value in deployment.read(deployment.settings.profiles_topic):
+        assert key is not None
+        update = ProfileUpdate.model_validate_json(value) if value is not None else None
+        held = latest.get(key.decode())
+        if update is None or held is None or update.version > held.version:
+            latest[key.decode()] = update
+    live = {pid: u for pid, u in latest.items() if u is not None}
+    assert set(live) == set(expected.persons())  # retired ids end as tombstones
+    for pid, update in live.items():
+        assert update.profile == expected.profile(pid)
+
+    letters = [DeadLetter.model_validate_json(v or b"") for _, v in deployment.read(deployment.settings.dlq_topic)]
+    assert [(d.value_utf8, d.error["code"]) for d in letters] == [
+        ('{"event_id": "broken", "type": "call"}', "invalid_message")
+    ]
+    assert letters[0].topic == deployment.topic
+
+
+def test_two_workers_on_four_partitions_give_the_same_graph_as_one(deployment: Deployment) -> None:
+    rng = random.Random(3)
+    touches = unique([t for _ in range(60) for t in random_events(rng, 8)])
+    deployment.start_worker()
+    deployment.start_worker()
+    keys = [str(rng.randrange(1000)).encode() for _ in touches]  # spread over every partition
+    deployment.produce(wire(touches), keys)
+    wait_for(lambda: deployment.lag() == 0, 180, "two workers to consume everything")
+    expected = reference(touches)
+    store = deployment.store()
+    assert store.persons() == expected.persons()
+    assert list(store.profiles()) == list(expected.profiles())
+
+
+def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(deployment: Deployment) -> None:
+    rng = random.Random(5)
+    touches = unique([t for _ in range(150) for t in random_events(rng, 8)])
+    worker = deployment.start_worker()
+    values = wire(touches)
+    deployment.produce(values[: len(values) // 2])
+    seen_key = f"{{{deployment.settings.redis_prefix}}}:seen"
+    client = redis.Redis.from_url(deployment.redis_url)
+    wait_for(lambda: client.scard(seen_key) > 0, 120, "the worker to start applying")
+    deployment.produce(values[len(values) // 2 :])
+    worker.send_signal(signal.SIGKILL)  # no goodbye: offsets of in-flight batches are not committed
+    worker.wait(10)
+    deployment.start_worker()
+    wait_for(lambda: deployment.lag() == 0, 180, "the restarted worker to catch up")
+    expected = reference(touches)
+    store = deployment.store()
+    assert client.scard(seen_key) == len(touches)  # every event applied
+    assert store.persons() == expected.persons()
+    assert list(store.profiles()) == list(expected.profiles())  # touch counts would show a double
