@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +21,8 @@ from typing import IO, Any
 import redis
 
 from identity import Identifier, IdstreamError
-from schemas import InvalidMessage, decode_touch, export_schemas
+from schemas import InvalidMessage, TouchEvent, decode_touch, export_schemas
+from streams.generate import GeneratedStream, generate
 from streams.runtime import tune_gc
 from streams.runtime_state import Servers, forget, remember, servers
 from streams.settings import Settings
@@ -193,13 +196,32 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    """Start (or connect to) Kafka and Redis, create topics, run a worker; serve until Ctrl-C."""
+def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) on a topic right now, without joining a consumer group."""
+    from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        out: list[tuple[bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < ends[tp] for tp in partitions) and time.monotonic() < deadline:
+            for records in consumer.poll(200).values():
+                out.extend((r.key, r.value) for r in records)
+        return out
+    finally:
+        consumer.close()
+
+
+@contextlib.contextmanager
+def _runtime(settings: Settings) -> Iterator[tuple[Servers, subprocess.Popen[bytes]]]:
+    """Kafka and Redis (embedded unless configured), the topics, and one worker process."""
     from streams.app import ensure_topics  # noqa: PLC0415
     from streams.embedded import ChildServer, start_broker, start_redis  # noqa: PLC0415
 
-    settings = Settings()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     children: list[ChildServer] = []
     worker: subprocess.Popen[bytes] | None = None
     workdir = Path(tempfile.mkdtemp(prefix="idstream-up-"))
@@ -213,15 +235,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             children.append(start_redis(workdir / "redis", appendonly=True))
             redis_url = children[-1].url
         ensure_topics(settings, kafka)
-        remember(settings.state_file, Servers(kafka, redis_url, os.getpid()))
+        found = Servers(kafka, redis_url, os.getpid())
+        remember(settings.state_file, found)
         env = {**os.environ, "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka, "IDSTREAM_REDIS_URL": redis_url}
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
         print(f"kafka={kafka} redis={redis_url} worker_pid={worker.pid}", flush=True)
-        code = worker.wait()
-        print(f"worker exited with {code}", file=sys.stderr)
-        return code
-    except KeyboardInterrupt:
-        return 0
+        yield found, worker
     finally:
         if worker is not None and worker.poll() is None:
             worker.terminate()
@@ -232,6 +251,93 @@ def cmd_up(args: argparse.Namespace) -> int:
         for child in reversed(children):
             child.stop()
         forget(settings.state_file)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start (or connect to) Kafka and Redis, create topics, run a worker; serve until Ctrl-C."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        with _runtime(Settings()) as (_, worker):
+            code = worker.wait()
+            print(f"worker exited with {code}", file=sys.stderr)
+            return code
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Write a realistic synthetic touch stream (wire format v1, JSON lines)."""
+    stream = generate(args.persons, args.seed)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(Path(args.out).open("w", encoding="utf-8")) if args.out else sys.stdout
+        for touch in stream.touches:
+            out.write(TouchEvent.from_touch(touch).model_dump_json() + "\n")
+    print(
+        f"{len(stream.touches)} events for {stream.persons} persons ({stream.redeliveries} redelivered, "
+        f"{stream.late} CRM events late, {stream.shared_office_phones} office switchboards)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`up`, plus a generated stream of persons ingested and a short tour of the result."""
+    from kafka import KafkaProducer  # noqa: PLC0415
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    settings = Settings()
+    try:
+        with _runtime(settings) as (found, worker):
+            stream = generate(args.persons, args.seed)
+            values = [TouchEvent.from_touch(t).model_dump_json().encode() for t in stream.touches]
+            values.insert(len(values) // 2, b'{"event_id": "broken-1", "type": "call"}')
+            started = time.monotonic()
+            producer = KafkaProducer(bootstrap_servers=found.kafka, linger_ms=5, acks=1)
+            for i, value in enumerate(values, 1):
+                producer.send(settings.touch_topics[i % len(settings.touch_topics)], value)
+            producer.flush()
+            producer.close()
+            print(f"ingesting {len(values)} events for {stream.persons} generated persons ...", flush=True)
+            while _group_lag(found.kafka, settings.app_id, settings.touch_topics) > 0:
+                if worker.poll() is not None:
+                    return worker.returncode or 1
+                time.sleep(0.5)
+            _tour(settings, found, events=len(values), seconds=time.monotonic() - started, stream=stream)
+            return worker.wait()
+    except KeyboardInterrupt:
+        return 0
+
+
+def _tour(settings: Settings, found: Servers, *, events: int, seconds: float, stream: GeneratedStream) -> None:
+    generated = stream.persons
+    client = redis.Redis.from_url(found.redis)
+    store = settings.redis_store(client)
+    changes = [json.loads(v) for _, v in read_topic(found.kafka, settings.changes_topic) if v]
+    letters = read_topic(found.kafka, settings.dlq_topic)
+    kinds = Counter(c["type"] for c in changes)
+    best = max(store.profiles(), key=lambda p: (sum(p["touch_counts"].values()), p["profile_id"]))
+    phone = (best["identifiers"].get("phone") or ["+70000000000"])[0]
+    print(
+        f"""
+processed {events} events in {seconds:.1f} s, one worker, its consumer-group join included
+persons found:        {len(store):>6}   (generated: {generated}; {stream.shared_office_phones} office switchboards
+                              glue colleagues together until shared-identifier detection lands)
+merges:               {len(store.redirects):>6}   retired profile ids, each redirecting to its survivor
+refused merges:       {kinds["conflict"]:>6}   a second CRM contact, too many phones, ... (identity.changes)
+rejected identifiers: {kinds["rejected_identifiers"]:>6}   events with junk or invalid values (identity.changes)
+dead letters:         {len(letters):>6}   malformed input, with its bytes and the reason ({settings.dlq_topic})
+
+the person with the most touches:
+{json.dumps(best, ensure_ascii=False, indent=2)[:2500]}
+
+try, in another terminal:
+  idstream lookup phone "{phone}"
+  idstream export | head -n 3
+  idstream ingest your-events.jsonl --wait
+Ctrl-C stops everything.""",
+        flush=True,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,6 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the embedded runtime (or use configured servers) and a worker")
     up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="up, plus a generated stream ingested and a short tour")
+    demo.add_argument("--persons", type=int, default=2000)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
+
+    gen = sub.add_parser("generate", help="write a realistic synthetic touch stream as JSON lines")
+    gen.add_argument("--persons", type=int, default=2000)
+    gen.add_argument("--seed", type=int, default=1)
+    gen.add_argument("--out", help="file to write; default standard output")
+    gen.set_defaults(func=cmd_generate)
 
     worker = sub.add_parser("worker", help="run a Faust worker")
     worker.add_argument("--loglevel", default="warning")

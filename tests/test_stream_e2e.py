@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from identity import IdentityGraph, Touch
 from schemas import DeadLetter, ProfileUpdate, TouchEvent
 from streams.app import ensure_topics
-from streams.cli import _group_lag
+from streams.cli import _group_lag, read_topic
 from streams.embedded import start_broker
 from streams.redis_store import RedisIdentityStore
 from streams.settings import Settings
@@ -105,18 +105,7 @@ class Deployment:
         return _group_lag(self.kafka, self.settings.app_id, self.settings.touch_topics)
 
     def read(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-        consumer = KafkaConsumer(bootstrap_servers=self.kafka, enable_auto_commit=False, group_id=None)
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        out: list[tuple[bytes | None, bytes | None]] = []
-        deadline = time.monotonic() + 20
-        while any(consumer.position(tp) < ends[tp] for tp in partitions) and time.monotonic() < deadline:
-            for records in consumer.poll(200).values():
-                out.extend((r.key, r.value) for r in records)
-        consumer.close()
-        return out
+        return read_topic(self.kafka, topic)
 
     def store(self) -> RedisIdentityStore:
         return self.settings.redis_store(redis.Redis.from_url(self.redis_url))
