@@ -181,6 +181,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the lookup endpoint on loopback."""
+    from aiohttp import web  # noqa: PLC0415
+
+    from streams.lookup_api import create_lookup_app  # noqa: PLC0415
+
+    web.run_app(create_lookup_app(_store(Settings())), host="127.0.0.1", port=args.port, print=None)
+    return 0
+
+
 def cmd_lookup(args: argparse.Namespace) -> int:
     """The golden profile holding KIND VALUE (normalized as in the stream)."""
     store = _store(Settings())
@@ -220,10 +230,10 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | N
 def _runtime(settings: Settings) -> Iterator[tuple[Servers, subprocess.Popen[bytes]]]:
     """Kafka and Redis (embedded unless configured), the topics, and one worker process."""
     from streams.app import ensure_topics  # noqa: PLC0415
-    from streams.embedded import ChildServer, start_broker, start_redis  # noqa: PLC0415
+    from streams.embedded import ChildServer, free_port, start_broker, start_redis  # noqa: PLC0415
 
     children: list[ChildServer] = []
-    worker: subprocess.Popen[bytes] | None = None
+    processes: list[subprocess.Popen[bytes]] = []
     workdir = Path(tempfile.mkdtemp(prefix="idstream-up-"))
     try:
         kafka = settings.kafka_bootstrap_servers
@@ -239,15 +249,24 @@ def _runtime(settings: Settings) -> Iterator[tuple[Servers, subprocess.Popen[byt
         remember(settings.state_file, found)
         env = {**os.environ, "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka, "IDSTREAM_REDIS_URL": redis_url}
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
-        print(f"kafka={kafka} redis={redis_url} worker_pid={worker.pid}", flush=True)
+        port = free_port()
+        argv = [sys.executable, "-m", "streams.cli", "serve", "--port", str(port)]  # our own module, our port
+        server = subprocess.Popen(argv, env=env)  # noqa: S603
+        processes = [worker, server]
+        print(f"kafka={kafka} redis={redis_url} lookup=http://127.0.0.1:{port}", flush=True)
         yield found, worker
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
+        # a second Ctrl-C must not cut the cleanup short and leave servers running
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
             try:
-                worker.wait(20)
+                process.wait(20)
             except subprocess.TimeoutExpired:
-                worker.kill()
+                process.kill()
         for child in reversed(children):
             child.stop()
         forget(settings.state_file)
@@ -386,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="print every golden profile as JSON lines")
     export.set_defaults(func=cmd_export)
+
+    serve = sub.add_parser("serve", help="serve the lookup endpoint on loopback")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=cmd_serve)
 
     lookup = sub.add_parser("lookup", help="the golden profile holding an identifier")
     lookup.add_argument("kind")
