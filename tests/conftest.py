@@ -13,7 +13,7 @@ import redis
 
 from identity import CrmInfo, IdentityGraph, ResolutionPolicy, Touch, TouchType, Utm
 from identity.touch import AttributeValue
-from streams.embedded import start_redis
+from streams.embedded import ChildServer, start_broker, start_redis
 from streams.redis_store import RedisIdentityStore
 from streams.settings import Settings
 
@@ -62,15 +62,27 @@ def ids(*pairs: Sequence[str]) -> frozenset[tuple[str, str]]:
 # ----------------------------------------------------------------------------- real servers
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """IDSTREAM_REDIS_URL / REDIS_URL when set, else a private redis-server for this test session."""
-    configured = Settings().redis_url
+def _configured_or_started(
+    configured: str | None, start: Callable[[Path], ChildServer], workdir: Path
+) -> Iterator[str]:
     if configured:
         yield configured
         return
-    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+    with start(workdir) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """IDSTREAM_REDIS_URL / REDIS_URL when set, else a private redis-server for this test session."""
+    yield from _configured_or_started(Settings().redis_url, start_redis, tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """IDSTREAM_KAFKA_BOOTSTRAP_SERVERS when set, else a private broker for this test session."""
+    settings = Settings()
+    yield from _configured_or_started(settings.kafka_bootstrap_servers, start_broker, tmp_path_factory.mktemp("broker"))
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from identity import IdentityGraph, Touch
 from schemas import DeadLetter, ProfileUpdate, TouchEvent
 from streams.app import ensure_topics
 from streams.cli import _group_lag, read_topic
-from streams.embedded import start_broker
 from streams.redis_store import RedisIdentityStore
 from streams.settings import Settings
 from tests.test_graph_properties import random_events
@@ -36,17 +35,6 @@ from tests.test_store_contract import story
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """IDSTREAM_KAFKA_BOOTSTRAP_SERVERS when set, else a private broker for this test session."""
-    configured = Settings().kafka_bootstrap_servers
-    if configured:
-        yield configured
-        return
-    with start_broker(tmp_path_factory.mktemp("broker")) as broker:
-        yield broker.url
 
 
 class Deployment:
