@@ -6,8 +6,10 @@ Semantics (the Redis store must match them exactly)
   together is **evidence** (event id, source, time, rule) that they belong to
   one person. A **person** is a set of nodes joined by accepted evidence, with a
   stable ``profile_id``.
-* **Canonical order.** The result of a set of events is defined as applying them
-  one by one in ``(occurred_at, event_id)`` order. Within an event, identifiers
+* **Canonical order.** The result of a set of events is defined as applying, one
+  by one in ``(occurred_at, event_id)`` order, the earliest event of each distinct
+  set of identifiers (with its manual flag); a later event with the same set adds
+  its touch to the golden profile but is not evidence again. Within an event, identifiers
   are taken strongest kind first (``ResolutionPolicy.kind_priority``): the
   persons of already known identifiers are merged into the first one, then new
   identifiers join it. A merge or join that would give a person more distinct
@@ -31,10 +33,11 @@ Semantics (the Redis store must match them exactly)
 
 Cost model
 ----------
-* In canonical processing persons only grow, so a refused merge stays refused
-  and an event whose set of identifiers was seen earlier links nothing new. Only
-  the earliest event per distinct identifier set is kept as evidence: memory
-  grows with identifiers and their combinations, not with touches.
+* Only the earliest event per distinct identifier set is evidence (see above), so
+  memory grows with identifiers and their combinations, not with touches. (This is
+  the definition, not a shortcut: when that first event had identifiers refused
+  into persons of their own, plain greedy application of a repeat could link those
+  pieces, and this graph does not.)
 * A *history forest* (union by size, never path-compressed, each link stamped
   with the key of the event that made it) answers "were these identifiers one
   person at time k?" exactly. A late event whose identifiers already were one
@@ -46,7 +49,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
@@ -396,18 +399,20 @@ class IdentityGraph:
         owner = self._owner
         acc: _Person | None = None
         fresh: list[Identifier] = []
+        refused_ids: set[str] = set()  # one conflict per refused person, not per identifier of it
         for ident in event.ids:
             person = owner.get(ident)
             if person is None:
                 fresh.append(ident)
             elif acc is None:
                 acc = person
-            elif person is not acc:
+            elif person is not acc and person.id not in refused_ids:
                 refused = None if event.manual else self._refusal(acc, person)
                 if refused is None:
                     acc = self._merge(acc, person, step, event.key)
                 else:
                     kind, limit = refused
+                    refused_ids.add(person.id)
                     step.conflicts.append(Conflict(event.key[1], kind, limit, acc.id, person.id, ident))
         limits = self.policy.limits
         for ident in fresh:
@@ -551,7 +556,8 @@ class IdentityGraph:
             if person.id not in after:
                 after[person.id] = frozenset(person.nodes)
         changes = self._diff(before, after, event)
-        return ApplyResult(event.key[1], "reordered", self._owner[event.ids[0]].id, changes, tuple(conflicts), rejected)
+        primary = self._owner[event.ids[0]].id
+        return ApplyResult(event.key[1], "reordered", primary, changes, self._live(conflicts), rejected)
 
     def _diff(
         self,
@@ -601,7 +607,7 @@ class IdentityGraph:
         created = [p.id for p in step.created]
         if not step.absorbed and (not created or created == [primary]):  # the common case: one person
             change = ProfileChange("created" if created else "updated", primary, eid)
-            return ApplyResult(eid, "applied", primary, (change,), tuple(step.conflicts), rejected)
+            return ApplyResult(eid, "applied", primary, (change,), self._live(step.conflicts), rejected)
         # In order, an event merges known persons into one before it creates any, so every
         # absorbed id went to one survivor, and a person it creates is never absorbed by it.
         changes: list[ProfileChange] = []
@@ -611,7 +617,18 @@ class IdentityGraph:
         changes.extend(ProfileChange("created", pid, eid) for pid in sorted(created))
         if primary not in created and not (step.absorbed and primary == changes[0].profile_id):
             changes.append(ProfileChange("updated", primary, eid))
-        return ApplyResult(eid, "applied", primary, tuple(changes), tuple(step.conflicts), rejected)
+        return ApplyResult(eid, "applied", primary, tuple(changes), self._live(step.conflicts), rejected)
+
+    def _live(self, conflicts: list[Conflict]) -> tuple[Conflict, ...]:
+        """Conflicts naming the ids as they are after the event (a later merge may retire one)."""
+        return tuple(
+            replace(
+                c,
+                profile_id=self.resolve(c.profile_id) or c.profile_id,
+                other_profile_id=self.resolve(c.other_profile_id) or c.other_profile_id,
+            )
+            for c in conflicts
+        )
 
     def _primary_of(self, touch: Touch) -> str | None:
         accepted, _ = self.normalizer.normalize_many(touch.identifiers)

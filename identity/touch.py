@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
+from identity.errors import InvalidInput
+
 __all__ = [
     "KEY_TIME_DIGITS",
     "LINKING_TYPES",
@@ -103,6 +105,13 @@ class Touch:
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     utm: Utm | None = None
     crm: CrmInfo | None = None
+
+    def __post_init__(self) -> None:
+        moment = self.occurred_at
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise InvalidInput(f"touch {self.event_id!r}: occurred_at has no UTC offset")
+        if moment < _EPOCH:
+            raise InvalidInput(f"touch {self.event_id!r}: occurred_at is before 1970")
 
     @property
     def key(self) -> tuple[int, str]:

@@ -10,6 +10,7 @@ import dataclasses
 import random
 import threading
 import uuid
+from datetime import UTC
 
 import pytest
 import redis
@@ -20,8 +21,10 @@ from identity import (
     CrmInfo,
     Identifier,
     IdentityGraph,
+    InvalidInput,
     ResolutionPolicy,
     Touch,
+    TouchType,
     UnsupportedEvent,
     Utm,
 )
@@ -30,6 +33,7 @@ from tests.conftest import StoreFactory, touch
 from tests.test_graph_properties import POLICIES, events, random_events
 
 PHONE = ("phone", "8 (916) 123-45-67")
+PHONE_2 = ("phone", "+7 916 123-45-01")
 E164 = Identifier("phone", "+79161234567")
 
 
@@ -351,3 +355,27 @@ def test_two_writers_at_once_lose_and_double_nothing(redis_url: str) -> None:
     assert store.persons() == reference.persons()
     assert list(store.profiles()) == list(reference.profiles())
     store.clear()
+
+
+def test_a_conflict_names_live_profiles_once_per_refused_person(make_store: StoreFactory) -> None:
+    """A merge later in the same event may retire the id a refusal saw; the outcome names the survivor."""
+    store = make_store(ResolutionPolicy(limits={"email": 1}))
+    store.apply(touch("c", 0, ("phone", "89161234501")))
+    anna = store.apply(touch("a", 1, ("email", "anna@mail.ru"))).profile_id
+    store.apply(touch("b", 2, ("email", "boris@mail.ru")))
+    result = store.apply(touch("x", 3, ("email", "anna@mail.ru"), ("email", "boris@mail.ru"), PHONE_2))
+    persons = store.persons()
+    assert anna is not None
+    assert len(result.conflicts) == 1
+    for conflict in result.conflicts:
+        assert conflict.profile_id in persons
+        assert conflict.other_profile_id in persons
+
+
+def test_touches_before_1970_or_without_an_offset_are_refused() -> None:
+    from datetime import datetime
+
+    with pytest.raises(InvalidInput):
+        Touch("old", TouchType.CALL, datetime(1969, 12, 31, tzinfo=UTC), "s", (("phone", "89161234567"),))
+    with pytest.raises(InvalidInput):
+        Touch("naive", TouchType.CALL, datetime(2026, 1, 1), "s", (("phone", "89161234567"),))  # noqa: DTZ001

@@ -250,18 +250,20 @@ local function apply_in_order(ev)
   local step = { created = {}, absorbed = {}, conflicts = {} }
   local acc = nil
   local fresh = {}
+  local refused_ids = {} -- one conflict per refused person, not per identifier of it
   for _, node in ipairs(ev.ids) do
     local p = owner_of(node)
     if p == nil then
       fresh[#fresh + 1] = node
     elseif acc == nil then
       acc = p
-    elseif p ~= acc then
+    elseif p ~= acc and not refused_ids[p.id] then
       local kind, limit = nil, nil
       if not ev.m then kind, limit = refusal(acc, p) end
       if kind == nil then
         acc = merge(acc, p, step, ev.k)
       else
+        refused_ids[p.id] = true
         step.conflicts[#step.conflicts + 1] = { kind, limit, acc.id, p.id, node }
       end
     end
@@ -365,6 +367,24 @@ end
 
 -- ----------------------------------------------------------------- outcomes
 
+-- the id as it is after the event: a later merge in the same event may have retired it
+local function live_id(pid)
+  for _ = 1, 64 do
+    if get(C.pidx, pid) ~= nil then return pid end
+    local nxt = get(C.redirect, pid)
+    if nxt == nil then return pid end
+    pid = nxt
+  end
+  return pid
+end
+
+local function live(conflicts)
+  for _, c in ipairs(conflicts) do
+    c[3], c[4] = live_id(c[3]), live_id(c[4])
+  end
+  return conflicts
+end
+
 local function result(ev, step)
   local primary = owner_of(ev.ids[1]).id
   local created = {}
@@ -373,7 +393,7 @@ local function result(ev, step)
   if not absorbed_any and (#created == 0 or (#created == 1 and created[1] == primary)) then
     local kind = "updated"
     if #created == 1 then kind = "created" end
-    return { s = "applied", p = primary, ch = { { kind, primary, {}, {} } }, cf = step.conflicts }
+    return { s = "applied", p = primary, ch = { { kind, primary, {}, {} } }, cf = live(step.conflicts) }
   end
   local changes = {}
   local survivor = nil
@@ -391,7 +411,7 @@ local function result(ev, step)
   if not is_created[primary] and not (absorbed_any and primary == survivor) then
     changes[#changes + 1] = { "updated", primary, {}, {} }
   end
-  return { s = "applied", p = primary, ch = changes, cf = step.conflicts }
+  return { s = "applied", p = primary, ch = changes, cf = live(step.conflicts) }
 end
 
 local function node_set(list)
@@ -513,7 +533,7 @@ local function replay(ev, roots)
     end
   end
   local changes = diff(before, after, ev)
-  return { s = "reordered", p = owner_of(ev.ids[1]).id, ch = changes, cf = conflicts }
+  return { s = "reordered", p = owner_of(ev.ids[1]).id, ch = changes, cf = live(conflicts) }
 end
 
 -- ----------------------------------------------------------------- the golden fold
