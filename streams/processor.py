@@ -10,11 +10,12 @@ the whole batch, which is safe because the store ignores redelivered event ids.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from identity import ApplyResult, IdstreamError, Touch, TransientError, UnsupportedEvent
 from identity.graph import ChangeKind
@@ -61,8 +62,8 @@ class ProfileSource(Protocol):
     def next_versions(self, n: int) -> int: ...
 
 
-def _json(model: Any) -> bytes:
-    return model.model_dump_json().encode() if hasattr(model, "model_dump_json") else json.dumps(model).encode()
+def _json(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
 
 
 @dataclass
