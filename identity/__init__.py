@@ -12,7 +12,7 @@ from identity.errors import (
     TransientError,
     UnsupportedEvent,
 )
-from identity.graph import ApplyResult, Conflict, Evidence, IdentityGraph, ProfileChange, profile_id_for
+from identity.graph import ApplyResult, Conflict, Evidence, IdentityGraph, Match, ProfileChange, profile_id_for
 from identity.normalize import KINDS_V1, Identifier, JunkPolicy, Normalizer, NormalizerConfig, Rejection
 from identity.policy import ResolutionPolicy
 from identity.touch import CrmInfo, Touch, TouchType, Utm
@@ -30,6 +30,7 @@ __all__ = [
     "InvalidIdentifier",
     "InvalidInput",
     "JunkPolicy",
+    "Match",
     "Normalizer",
     "NormalizerConfig",
     "ProfileChange",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from identity.policy import ResolutionPolicy
 from identity.touch import AttributeValue, Touch, TouchType, key_text
 
 __all__ = ["Golden", "contribution", "render"]
@@ -74,9 +75,12 @@ class Golden:
     last: Stamped | None = None
     recent: list[Stamped] = field(default_factory=list)  # ascending by key
     deals: dict[str, Stamped] = field(default_factory=dict)  # deal id -> its latest crm_stage touch
+    score: int = 0
 
-    def add(self, touch: Touch, key: EventKey, trust: int, keep: int) -> None:
-        """Fold one touch in. ``trust`` ranks its attribute values; ``keep`` bounds ``recent``."""
+    def add(self, touch: Touch, key: EventKey, trust: int, keep: int, points: int = 0) -> None:
+        """Fold one touch in. ``trust`` ranks its attribute values; ``keep`` bounds ``recent``;
+        ``points`` is what the touch adds to the lead score."""
+        self.score += points
         if touch.attributes:
             rank = (trust, key)
             attributes = self.attributes
@@ -123,6 +127,7 @@ class Golden:
             "pg": dict(self.pages),
             "r": [[key_text(k), _dumps(_touch_view(t))] for k, t in self.recent],
             "d": {d: [key_text(k), _dumps(_deal_view(t))] for d, (k, t) in self.deals.items()},
+            "s": self.score,
         }
         if self.first is not None:
             out["f"] = [key_text(self.first[0]), _dumps(_touch_view(self.first[1]))]
@@ -153,7 +158,8 @@ def _deal_view(touch: Touch) -> dict[str, Any]:
 # aggregates of this shape, comparing keys and ranks as byte strings:
 #
 #   {"a": {attr: [rank, payload]}, "c": {type: n}, "pj": {project: n}, "pg": {page: n},
-#    "f": [key, view], "l": [key, view], "r": [[key, view], ...ascending], "d": {deal: [key, view]}}
+#    "f": [key, view], "l": [key, view], "r": [[key, view], ...ascending], "d": {deal: [key, view]},
+#    "s": lead-score points}
 #
 # and :func:`render` turns any number of aggregates into the golden profile fields, exactly as
 # :meth:`Golden.to_dict` does for the in-memory fold.
@@ -171,7 +177,7 @@ def _attribute_view(value: AttributeValue, touch: Touch) -> dict[str, Any]:
     return {"value": value, "source": touch.source, "event_id": touch.event_id, "occurred_at": _when(touch.occurred_at)}
 
 
-def contribution(touch: Touch, key: EventKey, trust: int) -> dict[str, Any]:
+def contribution(touch: Touch, key: EventKey, trust: int, points: int = 0) -> dict[str, Any]:
     """What one touch adds to the aggregate of its strongest identifier, in the store-neutral form."""
     key_str = key_text(key)
     out: dict[str, Any] = {
@@ -179,6 +185,8 @@ def contribution(touch: Touch, key: EventKey, trust: int) -> dict[str, Any]:
         "rank": _rank_text((trust, key)),
         "attrs": {name: _dumps(_attribute_view(v, touch)) for name, v in touch.attributes.items() if v is not None},
     }
+    if points:
+        out["pts"] = points
     if touch.crm is not None:
         out["deal"] = [touch.crm.deal_id, _dumps(_deal_view(touch))]
     if touch.type in _CONTACT_TYPES:
@@ -195,8 +203,14 @@ def _counted(items: dict[str, int]) -> dict[str, int]:
     return dict(sorted(items.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def render(aggregates: Iterable[dict[str, Any]], keep: int) -> dict[str, Any]:
-    """The golden-profile fields of a person from the aggregates of its identifiers."""
+def render(aggregates: Iterable[dict[str, Any]], policy: ResolutionPolicy) -> dict[str, Any]:
+    """The golden-profile fields of a person from the aggregates of its identifiers.
+
+    Deals carry ``status`` (``open``, ``won`` or ``lost`` by the policy's stages), so a change of
+    the stage lists applies to every profile at once.
+    """
+    keep = policy.recent_touches
+    score = 0
     attributes: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     projects: dict[str, int] = {}
@@ -221,6 +235,7 @@ def render(aggregates: Iterable[dict[str, Any]], keep: int) -> dict[str, Any]:
         for deal_id, deal in (agg.get("d") or {}).items():
             if deal_id not in deals or deal[0] > deals[deal_id][0]:
                 deals[deal_id] = deal
+        score += int(agg.get("s") or 0)
     recent.sort(key=lambda kv: kv[0])
     views = {name: json.loads(claim[1]) for name, claim in attributes.items()}
     name = views.get("name")
@@ -232,5 +247,11 @@ def render(aggregates: Iterable[dict[str, Any]], keep: int) -> dict[str, Any]:
         "last_touch": json.loads(last[1]) if last else None,
         "recent_touches": [json.loads(v) for _, v in reversed(recent[-keep:] if keep else [])],
         "touch_counts": dict(sorted(counts.items())),
-        "deals": {d: json.loads(deals[d][1]) for d in sorted(deals)},
+        "deals": {d: _with_status(json.loads(deals[d][1]), policy) for d in sorted(deals)},
+        "lead_score": score,
     }
+
+
+def _with_status(deal: dict[str, Any], policy: ResolutionPolicy) -> dict[str, Any]:
+    deal["status"] = policy.deal_status(deal["stage"])
+    return deal

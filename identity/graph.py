@@ -26,6 +26,10 @@ Semantics (the Redis store must match them exactly)
   (``crm_contact_id`` by default) survives, else the older one; the other id is
   retired and redirects to the survivor.
 * **Idempotence.** A repeated ``event_id`` changes nothing.
+* **Contested identifiers.** An identifier is contested when an event showed it
+  beside a stronger identifier of *another* person that the policy kept apart
+  (two CRM contacts calling from one office switchboard). :meth:`IdentityGraph.match`
+  then names every such person, so no single profile is claimed for it.
 * A touch belongs to the person holding its strongest identifier. Touches are
   folded per strongest identifier (:mod:`identity.golden`), and a person's
   golden profile is the fold of its identifiers' aggregates, so re-resolving
@@ -65,6 +69,7 @@ __all__ = [
     "Conflict",
     "Evidence",
     "IdentityGraph",
+    "Match",
     "ProfileChange",
     "profile_id_for",
 ]
@@ -154,6 +159,18 @@ class ProfileChange(NamedTuple):
             "merged_from": list(self.merged_from),
             "split_from": list(self.split_from),
         }
+
+
+class Match(NamedTuple):
+    """Who holds an identifier: its person and every person with a claim on it (the holder first)."""
+
+    profile_id: str
+    candidates: tuple[str, ...]
+
+    @property
+    def ambiguous(self) -> bool:
+        """More than one person claims the identifier (e.g. an office switchboard)."""
+        return len(self.candidates) > 1
 
 
 class ApplyResult(NamedTuple):
@@ -309,6 +326,19 @@ class IdentityGraph:
         ident = self.normalizer.normalize(kind, raw)
         return self.lookup(ident) if isinstance(ident, Identifier) else None
 
+    def match(self, ident: Identifier) -> Match | None:
+        """The holder of a normalized identifier and every person contesting it (see the module doc)."""
+        person = self._owner.get(ident)
+        if person is None:
+            return None
+        owner = self._owner
+        others = {
+            home.id
+            for ev in self._groups[self._find(ident)].evidence.values()
+            if ev.ids[0] != ident and ident in ev.ids and (home := owner[ev.ids[0]]) is not person
+        }
+        return Match(person.id, (person.id, *sorted(others)))
+
     def resolve(self, profile_id: str) -> str | None:
         """The live id for a profile id, following redirects of retired ids."""
         seen = 0
@@ -373,7 +403,7 @@ class IdentityGraph:
         agg = self._aggs.get(strongest)
         if agg is None:
             agg = self._aggs[strongest] = Golden()
-        agg.add(touch, key, trust, self.policy.recent_touches)
+        agg.add(touch, key, trust, self.policy.recent_touches, self.policy.points(touch))
 
     def _root_at(self, node: Identifier, key: EventKey) -> Identifier:
         """The root of ``node``'s tree in the history forest as it stood just before ``key``."""
@@ -644,5 +674,5 @@ class IdentityGraph:
             "profile_id": person.id,
             "created_at": (_EPOCH + timedelta(microseconds=person.created[0])).isoformat(),
             "identifiers": {k: sorted(identifiers[k]) for k in sorted(identifiers, key=rank)},
-            **render((aggs[n].serialize() for n in person.nodes if n in aggs), self.policy.recent_touches),
+            **render((aggs[n].serialize() for n in person.nodes if n in aggs), self.policy),
         }

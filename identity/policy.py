@@ -7,9 +7,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from identity.errors import ConfigurationError
-from identity.touch import TouchType
+from identity.touch import Touch, TouchType
 
-__all__ = ["DEFAULT_KIND_PRIORITY", "DEFAULT_LIMITS", "DEFAULT_TYPE_TRUST", "ResolutionPolicy"]
+__all__ = [
+    "DEFAULT_KIND_PRIORITY",
+    "DEFAULT_LEAD_POINTS",
+    "DEFAULT_LIMITS",
+    "DEFAULT_LOST_STAGES",
+    "DEFAULT_TYPE_TRUST",
+    "DEFAULT_WON_STAGES",
+    "ResolutionPolicy",
+]
 
 #: Strongest evidence first: an event's identifiers are linked in this order and
 #: its touch belongs to the person of its strongest identifier.
@@ -46,6 +54,34 @@ DEFAULT_TYPE_TRUST: Mapping[str, int] = MappingProxyType(
     }
 )
 
+#: Lead-score points per action. A key is ``TYPE`` (every touch of that type), ``TYPE:ATTRIBUTE``
+#: (touches whose attribute is present and not empty, e.g. a visit of a project page) or
+#: ``TYPE:ATTRIBUTE=VALUE``; a touch scores the sum of every key it matches.
+DEFAULT_LEAD_POINTS: Mapping[str, int] = MappingProxyType(
+    {
+        "form_submit": 30,
+        "call": 20,
+        "site_visit": 1,
+        "site_visit:project": 4,
+    }
+)
+
+#: Deal stages that close a deal (amoCRM's system statuses 142 and 143 included); any other stage is open.
+DEFAULT_WON_STAGES: frozenset[str] = frozenset({"won", "closed_won", "142"})
+DEFAULT_LOST_STAGES: frozenset[str] = frozenset({"lost", "closed_lost", "143"})
+
+
+def _parse_point_rule(rule: str) -> tuple[str, str | None, str | None]:
+    kind, _, condition = rule.partition(":")
+    if kind not in {t.value for t in TouchType}:
+        raise ConfigurationError(f"lead-score rule {rule!r}: {kind!r} is not a touch type")
+    if not condition:
+        return kind, None, None
+    name, eq, value = condition.partition("=")
+    if not name:
+        raise ConfigurationError(f"lead-score rule {rule!r}: empty attribute name")
+    return kind, name, value if eq else None
+
 
 @dataclass(frozen=True, slots=True)
 class ResolutionPolicy:
@@ -63,6 +99,12 @@ class ResolutionPolicy:
     source_trust: Mapping[str, int] = field(default_factory=dict)
     #: How many recent touches the golden profile keeps.
     recent_touches: int = 20
+    #: Lead-score points per action (see :data:`DEFAULT_LEAD_POINTS`); awarded when a touch is applied.
+    lead_points: Mapping[str, int] = field(default_factory=lambda: DEFAULT_LEAD_POINTS)
+    #: Deal stages that mean won and lost; a deal in any other stage is open.
+    won_stages: frozenset[str] = DEFAULT_WON_STAGES
+    lost_stages: frozenset[str] = DEFAULT_LOST_STAGES
+    _point_rules: tuple[tuple[str, str | None, str | None, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for kind, limit in self.limits.items():
@@ -73,6 +115,10 @@ class ResolutionPolicy:
         for name, trust in (*self.type_trust.items(), *self.source_trust.items()):
             if not 0 <= trust <= 999:
                 raise ConfigurationError(f"trust of {name!r} must be 0-999, got {trust}")
+        if self.won_stages & self.lost_stages:
+            raise ConfigurationError(f"stages both won and lost: {sorted(self.won_stages & self.lost_stages)}")
+        rules = tuple((*_parse_point_rule(rule), points) for rule, points in sorted(self.lead_points.items()))
+        object.__setattr__(self, "_point_rules", rules)
 
     def kind_rank(self, kind: str) -> tuple[int, str]:
         """Sort key: lower is stronger."""
@@ -84,3 +130,24 @@ class ResolutionPolicy:
     def trust(self, touch_type: str, source: str) -> int:
         trust = self.source_trust.get(source)
         return trust if trust is not None else self.type_trust.get(touch_type, 0)
+
+    def points(self, touch: Touch) -> int:
+        """The lead-score points one touch earns."""
+        total = 0
+        for kind, name, value, points in self._point_rules:
+            if touch.type != kind:
+                continue
+            if name is not None:
+                held = touch.attributes.get(name)
+                if held is None or held == "" or (value is not None and str(held) != value):
+                    continue
+            total += points
+        return total
+
+    def deal_status(self, stage: str) -> str:
+        """``won``, ``lost`` or ``open``."""
+        if stage in self.won_stages:
+            return "won"
+        if stage in self.lost_stages:
+            return "lost"
+        return "open"

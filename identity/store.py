@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from identity.graph import ApplyResult
+from identity.graph import ApplyResult, Match
 from identity.normalize import Identifier
 from identity.touch import Touch
 
@@ -24,6 +24,9 @@ class IdentityStore(Protocol):
 
     def lookup_raw(self, kind: str, raw: str) -> str | None:
         """Normalize a raw value the same way as the stream, then look it up."""
+
+    def match(self, ident: Identifier) -> Match | None:
+        """The holder of a normalized identifier and every person contesting it."""
 
     def resolve(self, profile_id: str) -> str | None:
         """The live id for a profile id, following redirects of retired ids."""

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import redis
 
@@ -25,6 +25,7 @@ from identity import (
     Conflict,
     Identifier,
     InvalidInput,
+    Match,
     Normalizer,
     ProfileChange,
     Rejection,
@@ -36,7 +37,7 @@ from identity import (
 from identity.golden import contribution, render
 from identity.touch import LINKING_TYPES, TouchType, key_text
 
-__all__ = ["KEY_NAMES", "RedisIdentityStore"]
+__all__ = ["KEY_NAMES", "READ_KEY_NAMES", "Found", "RedisIdentityStore", "parse_read", "render_person"]
 
 #: The hashes (and one set) that hold a graph, in the order the script takes them.
 KEY_NAMES: Final = (
@@ -53,12 +54,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RESOLVE_LUA = resources.files("streams").joinpath("lua/resolve.lua").read_text(encoding="utf-8")
-_PERSON_ID_LUA = """
-local handle = redis.call('HGET', KEYS[1], ARGV[1])
-if not handle then return false end
-local record = redis.call('HGET', KEYS[2], handle)
-return string.sub(record, 1, string.find(record, '\\30', 1, true) - 1)
-"""
+#: One person (by identifier or by profile id) in one round trip: see the script's header.
+READ_LUA: Final = resources.files("streams").joinpath("lua/read.lua").read_text(encoding="utf-8")
+READ_KEY_NAMES: Final = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "agg")
 
 
 def _node(ident: Identifier) -> str:
@@ -78,6 +76,46 @@ def _person(raw: bytes | str) -> tuple[str, str, list[str]]:
     """A stored person record: (profile id, creation key, nodes)."""
     pid, created, _hroot, _counts, nodes = _text(raw).split(RS)
     return pid, created, nodes.split(GS) if nodes else []
+
+
+class Found(NamedTuple):
+    """A person read for a lookup: its live id, golden profile, and every person claiming the identifier."""
+
+    profile_id: str
+    profile: dict[str, Any]
+    candidates: tuple[str, ...]
+
+
+def node_of(ident: Identifier) -> str:
+    """An identifier as the graph stores it (its kind and value, separated by a control character)."""
+    return _node(ident)
+
+
+def render_person(
+    policy: ResolutionPolicy, pid: str, created: str, nodes: list[str], aggs: Sequence[Any]
+) -> dict[str, Any]:
+    """A golden profile from a stored person record and its identifiers' aggregates."""
+    identifiers: dict[str, list[str]] = {}
+    for node in nodes:
+        ident = _ident(node)
+        identifiers.setdefault(ident.kind, []).append(ident.value)
+    created_us = int(created.split("|", 1)[0])
+    return {
+        "profile_id": pid,
+        "created_at": (_EPOCH + timedelta(microseconds=created_us)).isoformat(),
+        "identifiers": {k: sorted(identifiers[k]) for k in sorted(identifiers, key=policy.kind_rank)},
+        **render((json.loads(a) for a in aggs if a is not None), policy),
+    }
+
+
+def parse_read(raw: Any, policy: ResolutionPolicy) -> Found | None:
+    """The answer of the read script (``streams/lua/read.lua``) as a :class:`Found`."""
+    if not raw:
+        return None
+    record, aggs, contesting = raw
+    pid, created, nodes = _person(record)
+    others = sorted({_text(c) for c in _list(contesting)} - {pid})
+    return Found(pid, render_person(policy, pid, created, nodes, _list(aggs)), (pid, *others))
 
 
 def _list(value: Any) -> list[Any]:
@@ -104,7 +142,8 @@ class RedisIdentityStore:
         self.keys = [f"{{{prefix}}}:{name}" for name in KEY_NAMES]
         self._key = dict(zip(KEY_NAMES, self.keys, strict=True))
         self._resolve = client.register_script(_RESOLVE_LUA)
-        self._person_id = client.register_script(_PERSON_ID_LUA)
+        self._read = client.register_script(READ_LUA)
+        self.read_keys = [self._key[name] for name in READ_KEY_NAMES]
         self._policy_json = json.dumps(
             {
                 "limits": dict(self.policy.limits),
@@ -142,7 +181,9 @@ class RedisIdentityStore:
                     "m": manual,
                     "ids": nodes,
                     "sig": ("1" if manual else "0") + SIG_FLAG + SIG_SEP.join(sorted(nodes)),
-                    "c": contribution(touch, key, self.policy.trust(touch.type, touch.source)),
+                    "c": contribution(
+                        touch, key, self.policy.trust(touch.type, touch.source), self.policy.points(touch)
+                    ),
                     "x": json.dumps({"source": touch.source, "occurred_at": touch.occurred_at.isoformat()}),
                 }
             )
@@ -179,8 +220,19 @@ class RedisIdentityStore:
     # ------------------------------------------------------------------ reading
 
     def lookup(self, ident: Identifier) -> str | None:
-        found = self._person_id(keys=[self._key["owner"], self._key["person"]], args=[_node(ident)])
-        return _text(found) if found else None
+        handle = self.client.hget(self._key["owner"], _node(ident))
+        if handle is None:
+            return None
+        record = self.client.hget(self._key["person"], handle)
+        return _person(record)[0] if record is not None else None
+
+    def match(self, ident: Identifier) -> Match | None:
+        found = self.read_identifier(ident)
+        return Match(found.profile_id, found.candidates) if found else None
+
+    def read_identifier(self, ident: Identifier) -> Found | None:
+        """The person holding an identifier, its profile and the persons contesting it: one round trip."""
+        return parse_read(self._read(keys=self.read_keys, args=["node", _node(ident)]), self.policy)
 
     def lookup_raw(self, kind: str, raw: str) -> str | None:
         ident = self.normalizer.normalize(kind, raw)
@@ -196,35 +248,14 @@ class RedisIdentityStore:
             profile_id = _text(nxt)
         return None
 
-    def _record(self, profile_id: str) -> tuple[str, str, list[str]] | None:
-        handle = self.client.hget(self._key["pidx"], profile_id)
-        if handle is None:
-            return None
-        record = self.client.hget(self._key["person"], handle)
-        return _person(record) if record is not None else None
-
     def profile(self, profile_id: str) -> dict[str, Any] | None:
-        live = self.resolve(profile_id)
-        if live is None:
-            return None
-        record = self._record(live)
-        return self._render(*record) if record else None
+        found = parse_read(self._read(keys=self.read_keys, args=["pid", profile_id]), self.policy)
+        return found.profile if found else None
 
     def _render(self, pid: str, created: str, nodes: list[str], aggs: list[Any] | None = None) -> dict[str, Any]:
-        identifiers: dict[str, list[str]] = {}
-        for node in nodes:
-            ident = _ident(node)
-            identifiers.setdefault(ident.kind, []).append(ident.value)
         if aggs is None:
             aggs = self.client.hmget(self._key["agg"], nodes) if nodes else []
-        rank = self.policy.kind_rank
-        created_us = int(created.split("|", 1)[0])
-        return {
-            "profile_id": pid,
-            "created_at": (_EPOCH + timedelta(microseconds=created_us)).isoformat(),
-            "identifiers": {k: sorted(identifiers[k]) for k in sorted(identifiers, key=rank)},
-            **render((json.loads(a) for a in aggs if a is not None), self.policy.recent_touches),
-        }
+        return render_person(self.policy, pid, created, nodes, aggs)
 
     def profiles_for(self, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Golden profiles of live ids, in three pipelined round trips whatever their number."""

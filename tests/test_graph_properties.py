@@ -53,8 +53,16 @@ def events(draw: st.DrawFn, max_events: int = 25) -> list[Touch]:
     return out
 
 
-def snapshot(graph: IdentityGraph) -> tuple[dict[str, frozenset[Identifier]], list[dict[str, object]]]:
-    return graph.persons(), list(graph.profiles())
+def matches(graph: object) -> dict[Identifier, object]:
+    """Who each pool identifier resolves to, contesting persons included (any store)."""
+    normalized = {graph.normalizer.normalize(k, v) for k, v in POOL}  # type: ignore[attr-defined]
+    return {i: graph.match(i) for i in normalized if isinstance(i, Identifier)}  # type: ignore[attr-defined]
+
+
+def snapshot(
+    graph: IdentityGraph,
+) -> tuple[dict[str, frozenset[Identifier]], list[dict[str, object]], dict[Identifier, object]]:
+    return graph.persons(), list(graph.profiles()), matches(graph)
 
 
 #: The default policy, and a tight one where the order identifiers are taken in changes outcomes most.

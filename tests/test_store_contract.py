@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from identity import (
+    ConfigurationError,
     CrmInfo,
     Identifier,
     IdentityGraph,
@@ -30,7 +31,7 @@ from identity import (
 )
 from streams.redis_store import RedisIdentityStore
 from tests.conftest import StoreFactory, touch
-from tests.test_graph_properties import POLICIES, events, random_events
+from tests.test_graph_properties import POLICIES, events, matches, random_events
 
 PHONE = ("phone", "8 (916) 123-45-67")
 PHONE_2 = ("phone", "+7 916 123-45-01")
@@ -308,6 +309,67 @@ def test_types_of_a_later_issue_are_refused_without_being_marked_seen(kind: str,
     assert graph.apply(touch("x", 0, PHONE)).status == "applied"  # the id was not burnt
 
 
+def test_a_switchboard_two_crm_contacts_share_is_contested_not_claimed(make_store: StoreFactory) -> None:
+    """Two CRM contacts call from one office phone: the phone names both persons, each contact only its own."""
+    graph = make_store()
+    office = ("phone", "8 (495) 123-45-67")
+    graph.apply(touch("a", 0, ("crm_contact_id", "anna"), office, ("email", "anna@romashka.ru"), type="crm_stage",
+                      crm=CrmInfo("d-anna", "new")))  # fmt: skip
+    graph.apply(touch("b", 5, ("crm_contact_id", "boris"), office, type="crm_stage", crm=CrmInfo("d-boris", "new")))
+    graph.apply(touch("c", 9, office, type="call", source="calltouch"))
+    anna = graph.lookup(Identifier("crm_contact_id", "anna"))
+    boris = graph.lookup(Identifier("crm_contact_id", "boris"))
+    assert anna is not None
+    assert boris is not None
+    assert anna != boris
+    switchboard = graph.match(Identifier("phone", "+74951234567"))
+    assert switchboard is not None
+    assert switchboard.ambiguous
+    assert switchboard.profile_id == anna  # who holds it: the first to show it
+    assert set(switchboard.candidates) == {anna, boris}
+    assert graph.match(Identifier("crm_contact_id", "boris")) == (boris, (boris,))
+    assert graph.match(Identifier("email", "anna@romashka.ru")) == (anna, (anna,))
+    assert graph.match(Identifier("phone", "+74950000000")) is None
+
+
+def test_a_personal_phone_seen_only_with_its_person_is_not_contested(make_store: StoreFactory) -> None:
+    graph = make_store()
+    graph.apply_many(story())
+    ivan = graph.match(E164)
+    assert ivan is not None
+    assert not ivan.ambiguous
+    assert ivan.candidates == (ivan.profile_id,)
+
+
+def test_lead_score_sums_points_per_action_and_deals_say_if_open(make_store: StoreFactory) -> None:
+    policy = ResolutionPolicy(
+        lead_points={"site_visit": 1, "site_visit:project": 4, "call": 20, "form_submit:page=/prices": 50},
+        won_stages=frozenset({"contract"}),
+    )
+    graph = make_store(policy)
+    graph.apply_many([
+        touch("v1", 0, PHONE, attributes={"project": "Северный"}),  # 1 + 4
+        touch("v2", 1, PHONE, attributes={"project": ""}),  # 1: an empty project is no project page
+        touch("c1", 2, PHONE, type="call"),  # 20
+        touch("f1", 3, PHONE, type="form_submit", attributes={"page": "/prices"}),  # 50
+        touch("f2", 4, PHONE, type="form_submit", attributes={"page": "/about"}),  # 0
+        touch("d1", 5, PHONE, type="crm_stage", crm=CrmInfo("deal-1", "contract", "meeting")),
+        touch("d2", 6, PHONE, type="crm_stage", crm=CrmInfo("deal-2", "meeting", "new")),
+    ])  # fmt: skip
+    graph.apply(touch("c1", 2, PHONE, type="call"))  # a redelivery scores nothing
+    profile = graph.profile(graph.lookup(E164) or "")
+    assert profile is not None
+    assert profile["lead_score"] == 76
+    assert {d: deal["status"] for d, deal in profile["deals"].items()} == {"deal-1": "won", "deal-2": "open"}
+
+
+def test_lead_score_rules_are_checked_when_configured() -> None:
+    with pytest.raises(ConfigurationError, match="visit"):
+        ResolutionPolicy(lead_points={"visit": 1})
+    with pytest.raises(ConfigurationError, match="both won and lost"):
+        ResolutionPolicy(won_stages=frozenset({"done"}), lost_stages=frozenset({"done"}))
+
+
 # ----------------------------------------------------------------------------- Redis against the reference
 
 
@@ -326,6 +388,7 @@ def test_redis_store_gives_the_reference_results_batch_by_batch(
     assert store.persons() == reference.persons()
     assert list(store.profiles()) == list(reference.profiles())
     assert store.redirects == reference.redirects
+    assert matches(store) == matches(reference)
     store.clear()
 
 

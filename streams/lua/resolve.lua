@@ -554,6 +554,7 @@ local function fold(node, c)
     local held = a.a[name]
     if held == nil or lt(held[1], c.rank) then a.a[name] = { c.rank, payload } end
   end
+  if c.pts ~= nil then a.s = (a.s or 0) + c.pts end
   if c.deal ~= nil then
     local held = a.d[c.deal[1]]
     if held == nil or lt(held[1], c.k) then a.d[c.deal[1]] = { c.k, c.deal[2] } end

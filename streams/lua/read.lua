@@ -1,0 +1,81 @@
+-- idstream: read one person in one round trip (the lookup API and the store's readers).
+--
+-- KEYS: owner person pidx redirect gparent group ev agg  (the graph's keys; see resolve.lua)
+-- ARGV[1]: "node" or "pid"
+-- ARGV[2]: a node ("kind\31value") or a profile id (retired ids follow their redirects)
+-- Returns false when nothing is found, else {person record, {aggregate or false per node}, {contesting ids}}.
+--
+-- Contesting ids (node mode only) are the live ids of the persons whose strongest identifier appeared
+-- with the node on an evidence event while the policy kept the two persons apart: see the "contested
+-- identifiers" paragraph of identity/graph.py. Identifier values are only ever compared as data.
+
+local RS, GS = "\30", "\29"
+local SIG_FLAG, SIG_SEP = "\28", "\27"
+local owner, person, pidx, redirect, gparent, group, ev, agg =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+
+local function split(s, sep)
+  local out = {}
+  if s == nil or s == false or s == "" then return out end
+  local start = 1
+  while true do
+    local i = string.find(s, sep, start, true)
+    if i == nil then out[#out + 1] = string.sub(s, start); return out end
+    out[#out + 1] = string.sub(s, start, i - 1)
+    start = i + 1
+  end
+end
+
+local function field(record, n) return split(record, RS)[n] end
+
+local mode, arg = ARGV[1], ARGV[2]
+local handle
+local others = {}
+
+if mode == "pid" then
+  local pid = arg
+  for _ = 1, 64 do
+    handle = redis.call("HGET", pidx, pid)
+    if handle then break end
+    pid = redis.call("HGET", redirect, pid)
+    if not pid then return false end
+  end
+  if not handle then return false end
+elseif mode == "node" then
+  handle = redis.call("HGET", owner, arg)
+  if not handle then return false end
+  local root = arg
+  while true do
+    local up = redis.call("HGET", gparent, root)
+    if not up or up == root then break end
+    root = up
+  end
+  local needle = SIG_SEP .. arg .. SIG_SEP
+  for _, sig in ipairs(split(field(redis.call("HGET", group, root), 3), GS)) do
+    local flag = string.find(sig, SIG_FLAG, 1, true)
+    if string.find(SIG_SEP .. string.sub(sig, flag + 1) .. SIG_SEP, needle, 1, true) then
+      local strongest = split(field(redis.call("HGET", ev, sig), 3), GS)[1]
+      if strongest and strongest ~= arg then
+        local home = redis.call("HGET", owner, strongest)
+        if home and home ~= handle then others[home] = true end
+      end
+    end
+  end
+else
+  return redis.error_reply("idstream: unknown read mode")
+end
+
+local record = redis.call("HGET", person, handle)
+if not record then return false end
+local nodes = split(field(record, 5), GS)
+local aggs = {}
+for i = 1, #nodes, 1000 do
+  local part = redis.call("HMGET", agg, unpack(nodes, i, math.min(i + 999, #nodes)))
+  for _, a in ipairs(part) do aggs[#aggs + 1] = a end
+end
+local contesting = {}
+for home in pairs(others) do
+  local rec = redis.call("HGET", person, home)
+  if rec then contesting[#contesting + 1] = field(rec, 1) end
+end
+return { record, aggs, contesting }
