@@ -8,11 +8,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.api import openapi
 from schemas.errors import FieldError
 from schemas.outputs import DeadLetter, IdentityChange, ProfileUpdate
 from schemas.touch import TouchEvent
 
-__all__ = ["SCHEMAS", "export_schemas", "json_schema"]
+__all__ = ["OPENAPI", "SCHEMAS", "export_schemas", "json_schema"]
 
 #: File name -> model. The version in the name changes when the contract breaks.
 SCHEMAS: dict[str, type[BaseModel]] = {
@@ -24,6 +25,11 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 }
 
 
+#: The lookup API's OpenAPI description, written beside the message schemas.
+OPENAPI = "lookup-api.openapi.json"
+API_VERSION = "1"
+
+
 def json_schema(name: str) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of one message, by file name."""
     schema = SCHEMAS[name].model_json_schema()
@@ -31,14 +37,15 @@ def json_schema(name: str) -> dict[str, Any]:
 
 
 def render(name: str) -> str:
-    return json.dumps(json_schema(name), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    document = openapi(API_VERSION) if name == OPENAPI else json_schema(name)
+    return json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
 def export_schemas(directory: Path) -> list[Path]:
     """Write every schema into ``directory``; returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in SCHEMAS:
+    for name in [*SCHEMAS, OPENAPI]:
         path = directory / name
         path.write_text(render(name), encoding="utf-8")
         written.append(path)

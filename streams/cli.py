@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import redis
 
-from identity import Identifier, IdstreamError
+from identity import Identifier, IdstreamError, Normalizer
 from schemas import InvalidMessage, TouchEvent, decode_touch, export_schemas
 from streams.generate import GeneratedStream, generate
 from streams.runtime import tune_gc
@@ -182,23 +182,51 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the lookup endpoint on loopback."""
+    """Serve the lookup API (bearer tokens from IDSTREAM_API_TOKENS; without them, loopback only)."""
+    import logging  # noqa: PLC0415
+
     from aiohttp import web  # noqa: PLC0415
 
-    from streams.lookup_api import create_lookup_app  # noqa: PLC0415
+    from streams.lookup_api import ApiConfig, check_exposure, create_lookup_app  # noqa: PLC0415
 
-    web.run_app(create_lookup_app(_store(Settings())), host="127.0.0.1", port=args.port, print=None)
+    settings = Settings()
+    host = args.host or settings.api_host
+    port = settings.api_port if args.port is None else args.port
+    tokens = settings.token_bytes()
+    check_exposure(host, tokens)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not tokens:
+        logging.getLogger("idstream.api").warning("no IDSTREAM_API_TOKENS: serving open, on loopback only")
+    config = ApiConfig(
+        servers(settings).redis,
+        settings.policy(),
+        Normalizer(settings.normalizer_config()),
+        settings.redis_prefix,
+        tokens,
+    )
+    web.run_app(create_lookup_app(config), host=host, port=port, print=None, access_log=None)
     return 0
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
     """The golden profile holding KIND VALUE (normalized as in the stream)."""
+    from identity.card import summary  # noqa: PLC0415
+
     store = _store(Settings())
-    pid = store.lookup_raw(args.kind, args.value)
-    if pid is None:
-        _dump({"status": "not_found", "kind": args.kind, "value": args.value}, sys.stdout)
+    asked = {"kind": args.kind, "value": args.value}
+    ident = store.normalizer.normalize(args.kind, args.value)
+    if not isinstance(ident, Identifier):
+        _dump({"status": "invalid", **asked, "error": {"code": ident.reason, "message": ident.message}}, sys.stdout)
+        return 2
+    found = store.read_identifier(ident)
+    if found is None:
+        _dump({"status": "not_found", **asked}, sys.stdout)
         return 1
-    _dump({"status": "found", "profile_id": pid, "profile": store.profile(pid)}, sys.stdout)
+    if len(found.candidates) > 1:
+        candidates = [summary(store.profile(pid) or {"profile_id": pid}) for pid in found.candidates]
+        _dump({"status": "ambiguous", **asked, "candidates": candidates}, sys.stdout)
+        return 0
+    _dump({"status": "found", "profile_id": found.profile_id, "profile": found.profile}, sys.stdout)
     return 0
 
 
@@ -406,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="print every golden profile as JSON lines")
     export.set_defaults(func=cmd_export)
 
-    serve = sub.add_parser("serve", help="serve the lookup endpoint on loopback")
-    serve.add_argument("--port", type=int, default=8080)
+    serve = sub.add_parser("serve", help="serve the lookup API")
+    serve.add_argument("--host", help="default: IDSTREAM_API_HOST (127.0.0.1)")
+    serve.add_argument("--port", type=int, help="default: IDSTREAM_API_PORT (8080)")
     serve.set_defaults(func=cmd_serve)
 
     lookup = sub.add_parser("lookup", help="the golden profile holding an identifier")

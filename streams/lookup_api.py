@@ -1,59 +1,274 @@
-"""The lookup endpoint: who is this caller? Reads the Redis identity graph directly.
+"""The lookup HTTP API: who is this caller? Reads the Redis identity graph directly.
 
-    GET /v1/lookup?kind=phone&value=8%20(916)%20123-45-67  -> 200 {"status": "found", "profile_id", "profile"}
-                                                           -> 404 {"status": "not_found"}
-    GET /v1/profiles/{profile_id}                           -> 200 {"profile_id", "profile"} (a retired id
-                                                               answers with the surviving id), or 404
+    GET  /v1/lookup?kind=phone&value=8%20(916)%20123-45-67[&view=card|full]
+    POST /v1/lookup/batch  {"identifiers": [{"kind": ..., "value": ...}, ...]}   (up to 1,000)
+    GET  /v1/profiles/{profile_id}[?view=full|card]     (a retired id answers with its survivor)
+    GET  /v1/openapi.json                                (this description, from schemas/api.py)
+    GET  /healthz                                        (no token)
 
-The raw value is normalized exactly as in the stream. This first version serves loopback only and has
-no tokens; the API issue adds bearer-token auth, batch lookups and the OpenAPI description.
+Every answer is described by the models in :mod:`schemas.api` (published as ``schemas/openapi.json``).
+Raw values are normalized exactly as in the stream. A lookup answers ``found`` (one person),
+``ambiguous`` (several persons claim the identifier, e.g. an office switchboard: ``candidates``
+lists them and no single profile is claimed), ``not_found`` (HTTP 404) or ``invalid`` (HTTP 400
+for a single lookup, an item status in a batch).
+
+Every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>`` with a token from
+``IDSTREAM_API_TOKENS``; without configured tokens the server runs open, and only on loopback.
+Nothing a client sends reaches Redis as anything but a script argument, and nothing it sends can
+end the server: every failure becomes a JSON error with a message that says what is wrong.
+Access logs are off: queries carry phone numbers and e-mails.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiohttp import web
+from pydantic import ValidationError
 
-from streams.redis_store import RedisIdentityStore
+from identity import ConfigurationError, Identifier, Normalizer, ResolutionPolicy, TransientError
+from identity.card import screen_pop, summary
+from schemas.api import MAX_VALUE, BatchLookupRequest, openapi
+from schemas.export import API_VERSION
+from streams.reader import AsyncReader
+from streams.redis_store import Found
 
-__all__ = ["create_lookup_app"]
+__all__ = ["ApiConfig", "check_exposure", "create_lookup_app"]
 
-STORE: web.AppKey[RedisIdentityStore] = web.AppKey("store", RedisIdentityStore)
+log = logging.getLogger("idstream.api")
+
+#: Largest request body: a full batch of long values fits with room to spare.
+MAX_BODY = 1 << 20
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"status": "error", "message": message}, status=status)
+@dataclass(frozen=True)
+class ApiConfig:
+    redis_url: str
+    policy: ResolutionPolicy
+    normalizer: Normalizer
+    prefix: str = "idstream"
+    tokens: tuple[bytes, ...] = ()
+
+
+READER: web.AppKey[AsyncReader] = web.AppKey("reader", AsyncReader)
+CONFIG: web.AppKey[ApiConfig] = web.AppKey("config", ApiConfig)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"status": "error", "code": code, "message": message}, status)
+
+
+# ----------------------------------------------------------------------------- middlewares
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:  # aiohttp's own: 404 route, 405 method, 413 body too large ...
+        if exc.content_type == "application/json":
+            raise
+        code = {404: "no_such_endpoint", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http")
+        response = _error(exc.status, code, exc.reason)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except TransientError as exc:
+        return _error(503, "store_unavailable", exc.message)
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return _error(500, "internal_error", "the server failed to answer; it is logged")
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tokens = request.app[CONFIG].tokens
+    if not tokens or request.path == "/healthz":
+        return await handler(request)
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    offered = given.strip().encode()
+    # compare with every token, always: the time taken says nothing about which one nearly matched
+    matched = [hmac.compare_digest(offered, token) for token in tokens]
+    if scheme.lower() != "bearer" or not any(matched):
+        response = _error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="idstream"'
+        return response
+    return await handler(request)
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+def _view(request: web.Request, default: str) -> str:
+    view = request.query.get("view", default)
+    if view not in ("card", "full"):
+        raise _BadRequest("invalid_view", f"view must be 'card' or 'full', not {view[:40]!r}")
+    return view
+
+
+class _BadRequest(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _shown(profile: dict[str, Any], view: str) -> dict[str, Any]:
+    return screen_pop(profile) if view == "card" else profile
+
+
+def _answer(
+    kind: str, value: str, normalized: Identifier | str, found: Found | None, *, view: str, others: dict[str, Any]
+) -> dict[str, Any]:
+    if isinstance(normalized, str):  # a rejection: "code\0message"
+        code, _, message = normalized.partition("\0")
+        return {"status": "invalid", "kind": kind, "value": value, "error": {"code": code, "message": message}}
+    if found is None:
+        return {"status": "not_found", "kind": kind, "value": value}
+    if len(found.candidates) > 1:
+        candidates = [summary(others[pid]) for pid in found.candidates if pid in others]
+        return {"status": "ambiguous", "kind": kind, "value": value, "candidates": candidates}
+    return {
+        "status": "found",
+        "kind": kind,
+        "value": value,
+        "profile_id": found.profile_id,
+        "profile": _shown(found.profile, view),
+    }
+
+
+def _normalize(normalizer: Normalizer, kind: str, value: str) -> Identifier | str:
+    if len(value) > MAX_VALUE:
+        return f"too_long\0{kind} value is longer than {MAX_VALUE} characters"
+    result = normalizer.normalize(kind, value)
+    if isinstance(result, Identifier):
+        return result
+    return f"{result.reason}\0{result.message}"
+
+
+async def _resolve(request: web.Request, queries: Sequence[tuple[str, str]], view: str) -> list[dict[str, Any]]:
+    config, reader = request.app[CONFIG], request.app[READER]
+    normalized = [_normalize(config.normalizer, kind, value) for kind, value in queries]
+    valid = [n for n in normalized if isinstance(n, Identifier)]
+    found = iter(await reader.identifiers(valid))
+    results = [next(found) if isinstance(n, Identifier) else None for n in normalized]
+    contested = sorted({pid for f in results if f and len(f.candidates) > 1 for pid in f.candidates})
+    others: dict[str, Any] = {}
+    if contested:
+        for pid, person in zip(contested, await reader.profiles(contested), strict=True):
+            if person is not None:
+                others[pid] = person.profile
+    return [
+        _answer(kind, value, n, f, view=view, others=others)
+        for (kind, value), n, f in zip(queries, normalized, results, strict=True)
+    ]
 
 
 async def lookup(request: web.Request) -> web.Response:
     kind, value = request.query.get("kind"), request.query.get("value")
     if not kind or value is None:
-        return _error(400, "query parameters 'kind' and 'value' are required")
-    store = request.app[STORE]
-    loop = asyncio.get_running_loop()
-    pid = await loop.run_in_executor(None, store.lookup_raw, kind, value)
-    if pid is None:
-        return web.json_response({"status": "not_found"}, status=404)
-    profile = await loop.run_in_executor(None, store.profile, pid)
-    body: dict[str, Any] = {"status": "found", "profile_id": pid, "profile": profile}
-    return web.json_response(body)
+        return _error(400, "missing_parameter", "query parameters 'kind' and 'value' are both required")
+    try:
+        view = _view(request, "card")
+    except _BadRequest as exc:
+        return _error(400, exc.code, exc.message)
+    (result,) = await _resolve(request, [(kind, value)], view)
+    status = {"not_found": 404, "invalid": 400}.get(result["status"], 200)
+    return _json(result, status)
+
+
+async def lookup_batch(request: web.Request) -> web.Response:
+    try:
+        view = _view(request, "card")
+    except _BadRequest as exc:
+        return _error(400, exc.code, exc.message)
+    body = await request.read()
+    try:
+        parsed = BatchLookupRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        return _error(400, "invalid_request", f'expected {{"identifiers": [{{"kind", "value"}}, ...]}}: {problems}')
+    results = await _resolve(request, [(q.kind, q.value) for q in parsed.identifiers], view)
+    return _json({"results": results})
 
 
 async def profile(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    loop = asyncio.get_running_loop()
-    live = await loop.run_in_executor(None, store.resolve, request.match_info["profile_id"])
-    if live is None:
-        return web.json_response({"status": "not_found"}, status=404)
-    found = await loop.run_in_executor(None, store.profile, live)
-    return web.json_response({"profile_id": live, "profile": found})
+    requested = request.match_info["profile_id"]
+    try:
+        view = _view(request, "full")
+    except _BadRequest as exc:
+        return _error(400, exc.code, exc.message)
+    if len(requested) > 64:
+        return _error(400, "invalid_profile_id", "a profile id is at most 64 characters")
+    (found,) = await request.app[READER].profiles([requested])
+    if found is None:
+        return _error(404, "not_found", "no profile has this id, and no retired id redirects from it")
+    body = {
+        "profile_id": found.profile_id,
+        "requested_id": requested,
+        "retired": found.profile_id != requested,
+        "profile": _shown(found.profile, view),
+    }
+    return _json(body)
 
 
-def create_lookup_app(store: RedisIdentityStore) -> web.Application:
-    app = web.Application()
-    app[STORE] = store
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return _json(openapi(API_VERSION))
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_lookup_app(config: ApiConfig) -> web.Application:
+    """The API as an aiohttp application; it opens its Redis connection pool on startup."""
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
+    app[CONFIG] = config
+
+    async def connect(app: web.Application) -> None:
+        client = aioredis.Redis.from_url(config.redis_url)
+        app[READER] = AsyncReader(client, config.policy, config.normalizer, config.prefix)
+
+    async def disconnect(app: web.Application) -> None:
+        if READER in app:
+            await app[READER].client.aclose()
+
+    app.on_startup.append(connect)
+    app.on_cleanup.append(disconnect)
     app.router.add_get("/v1/lookup", lookup)
+    app.router.add_post("/v1/lookup/batch", lookup_batch)
     app.router.add_get("/v1/profiles/{profile_id}", profile)
+    app.router.add_get("/v1/openapi.json", openapi_json)
+    app.router.add_get("/healthz", health)
     return app
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def check_exposure(host: str, tokens: Sequence[bytes]) -> None:
+    """Refuse to serve without tokens anywhere but loopback."""
+    if not tokens and not _is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to serve the lookup API on {host} without tokens: set IDSTREAM_API_TOKENS "
+            "(a JSON list of secrets of 16+ characters), or serve on 127.0.0.1"
+        )

@@ -5,11 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import redis
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from identity import IdentityGraph, JunkPolicy, Normalizer, NormalizerConfig, ResolutionPolicy
-from identity.policy import DEFAULT_KIND_PRIORITY, DEFAULT_LIMITS
+from identity.policy import (
+    DEFAULT_KIND_PRIORITY,
+    DEFAULT_LEAD_POINTS,
+    DEFAULT_LIMITS,
+    DEFAULT_LOST_STAGES,
+    DEFAULT_WON_STAGES,
+)
 from streams.redis_store import RedisIdentityStore
 
 __all__ = ["Settings"]
@@ -62,10 +68,35 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds; group joins wait on it (Faust's 60 s default makes startup slow)."
     )
     give_up_after: float = Field(60.0, ge=0, description="Seconds of store outage before the worker exits.")
+
+    api_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens of the lookup API (JSON list, 16+ characters each); none: loopback only, open.",
+    )
+    api_host: str = Field("127.0.0.1", description="Address the lookup API listens on.")
+    api_port: int = Field(8080, ge=0, le=65535)
+
+    lead_points: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_LEAD_POINTS),
+        description="Lead-score points per action: TYPE, TYPE:ATTRIBUTE or TYPE:ATTRIBUTE=VALUE -> points.",
+    )
+    won_stages: list[str] = Field(default_factory=lambda: sorted(DEFAULT_WON_STAGES))
+    lost_stages: list[str] = Field(default_factory=lambda: sorted(DEFAULT_LOST_STAGES))
     state_file: Path = Field(
         default_factory=lambda: Path.home() / ".idstream" / "runtime.json",
         description="Where `idstream up` leaves the addresses of the runtime it started.",
     )
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _strong_tokens(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        for i, token in enumerate(tokens):
+            if len(token.get_secret_value()) < 16:
+                raise ValueError(f"token #{i + 1} is shorter than 16 characters")
+        return tokens
+
+    def token_bytes(self) -> tuple[bytes, ...]:
+        return tuple(t.get_secret_value().encode() for t in self.api_tokens)
 
     def normalizer_config(self) -> NormalizerConfig:
         defaults = JunkPolicy()
@@ -90,6 +121,9 @@ class Settings(BaseSettings):
             anchor_kinds=frozenset(self.anchor_kinds),
             source_trust=dict(self.source_trust),
             recent_touches=self.recent_touches,
+            lead_points=dict(self.lead_points),
+            won_stages=frozenset(self.won_stages),
+            lost_stages=frozenset(self.lost_stages),
         )
 
     def redis_store(self, client: redis.Redis) -> RedisIdentityStore:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from identity import IdentityGraph, TouchType
 from schemas import MAX_IDENTIFIERS, MAX_MESSAGE_BYTES, InvalidMessage, TouchEvent, decode_touch, json_schema
-from schemas.export import SCHEMAS, render
+from schemas.export import OPENAPI, SCHEMAS, render
 
 GOOD: dict[str, Any] = {
     "event_id": "calltouch-1",
@@ -168,7 +168,7 @@ def test_structurally_hostile_json_is_rejected_or_accepted_never_crashes(mutatio
 def test_published_json_schema_is_current() -> None:
     """schemas/json/ is what integrators read: it must equal what the models generate."""
     folder = Path(__file__).resolve().parents[1] / "schemas" / "json"
-    for name in SCHEMAS:
+    for name in [*SCHEMAS, OPENAPI]:
         assert (folder / name).read_text(encoding="utf-8") == render(name), (
             f"schemas/json/{name} is stale: run `idstream schema export schemas/json`"
         )
@@ -195,3 +195,11 @@ def test_json_schema_agrees_with_the_models() -> None:
 def test_from_touch_round_trips() -> None:
     event = decode_touch(encode({**GOOD, "type": "crm_stage", "crm": {"deal_id": "d", "stage": "won", "amount": 5}}))
     assert TouchEvent.from_touch(event.to_touch()).to_touch() == event.to_touch()
+
+
+def test_the_published_openapi_description_is_valid_openapi() -> None:
+    from openapi_spec_validator import validate
+
+    document = json.loads(render(OPENAPI))
+    validate(document)
+    assert set(document["paths"]) == {"/v1/lookup", "/v1/lookup/batch", "/v1/profiles/{profile_id}", "/healthz"}

@@ -207,39 +207,3 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(depl
     assert client.scard(seen_key) == len(touches)  # every event applied
     assert store.persons() == expected.persons()
     assert list(store.profiles()) == list(expected.profiles())  # touch counts would show a double
-
-
-def test_the_lookup_endpoint_answers_from_redis(redis_url: str) -> None:
-    """GET /v1/lookup normalizes like the stream; a retired id answers with its survivor."""
-    import asyncio
-
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from streams.lookup_api import create_lookup_app
-
-    store = RedisIdentityStore(redis.Redis.from_url(redis_url), prefix=f"api-{uuid.uuid4().hex[:8]}")
-    touches = story()
-    store.apply_batch(touches[:2])
-    retired = store.lookup_raw("ga_client_id", "222.1700000100")
-    store.apply_batch(touches[2:])
-    ivan = store.lookup_raw("phone", "+79161234567")
-    assert retired is not None
-    assert ivan is not None
-    assert retired != ivan
-
-    async def scenario() -> None:
-        async with TestClient(TestServer(create_lookup_app(store))) as client:
-            found = await client.get("/v1/lookup", params={"kind": "phone", "value": "8 (916) 123-45-67"})
-            assert found.status == 200
-            body = await found.json()
-            assert body["status"] == "found"
-            assert body["profile_id"] == ivan
-            assert body["profile"]["display_name"] == "Иван Петров"
-            missing = await client.get("/v1/lookup", params={"kind": "phone", "value": "8 (926) 000-11-22"})
-            assert missing.status == 404
-            bad = await client.get("/v1/lookup", params={"kind": "phone"})
-            assert bad.status == 400
-            redirected = await client.get(f"/v1/profiles/{retired}")
-            assert (await redirected.json())["profile_id"] == ivan
-
-    asyncio.run(scenario())

@@ -1,0 +1,243 @@
+"""The lookup HTTP API's requests and responses, and its OpenAPI description built from them.
+
+``schemas/openapi.json`` is generated from this module (``idstream schema export``); a test fails
+when it is stale, and the API's own tests validate every answer against these models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+__all__ = [
+    "MAX_BATCH",
+    "BatchLookupRequest",
+    "BatchLookupResponse",
+    "Candidate",
+    "ErrorResponse",
+    "IdentifierQuery",
+    "LookupResult",
+    "ProfileResponse",
+    "ScreenPopCard",
+    "openapi",
+]
+
+#: Most identifiers in one batch lookup.
+MAX_BATCH = 1000
+#: Longest raw identifier value the API accepts (the normalizers refuse longer ones anyway).
+MAX_VALUE = 512
+
+Status = Literal["found", "ambiguous", "not_found", "invalid"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IdentifierQuery(_Model):
+    """One identifier as a caller has it: any common format, normalized exactly as in the stream."""
+
+    kind: str = Field(min_length=1, max_length=64, examples=["phone"])
+    value: str = Field(min_length=1, max_length=MAX_VALUE, examples=["8 (916) 123-45-67"])
+
+
+class BatchLookupRequest(_Model):
+    identifiers: list[IdentifierQuery] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Source(_Model):
+    system: str = Field(description="The producing system (site, calltouch, amocrm, ...).")
+    utm_source: str | None
+    utm_medium: str | None
+    utm_campaign: str | None
+    occurred_at: str
+
+
+class OpenDeal(_Model):
+    deal_id: str
+    stage: str
+    pipeline: str | None
+    amount: float | None
+    updated_at: str
+
+
+class ScreenPopCard(_Model):
+    """What the call center sees while the phone rings (``view=card``, the default)."""
+
+    profile_id: str
+    display_name: str | None
+    phones: list[str] = Field(description="E.164.")
+    emails: list[str]
+    crm_contact_ids: list[str]
+    interests: list[str] = Field(description="Projects the person asked about, most touched first (up to 5).")
+    first_source: Source | None
+    last_source: Source | None
+    last_touches: list[dict[str, Any]] = Field(description="Up to 5, newest first.")
+    open_deals: list[OpenDeal] = Field(description="Deals in a stage that is neither won nor lost, newest first.")
+    lead_score: int
+    touches: int
+    created_at: str | None
+
+
+class Candidate(_Model):
+    """One of the persons an ambiguous identifier (an office switchboard, a family phone) belongs to."""
+
+    profile_id: str
+    display_name: str | None
+    emails: list[str] = Field(description="Up to 2.")
+    last_touch_at: str | None
+    open_deals: list[dict[str, str]]
+    lead_score: int
+
+
+class ErrorBody(_Model):
+    code: str = Field(description="Machine-readable reason, e.g. invalid_phone, unknown_kind, known_junk.")
+    message: str
+
+
+class LookupResult(_Model):
+    """The answer for one identifier (the single lookup's body, and each item of a batch)."""
+
+    status: Status
+    kind: str
+    value: str
+    profile_id: str | None = Field(None, description="Set when status is found.")
+    profile: dict[str, Any] | None = Field(
+        None, description="The ScreenPopCard (view=card), or the full golden profile (view=full)."
+    )
+    candidates: list[Candidate] | None = Field(None, description="Set when status is ambiguous.")
+    error: ErrorBody | None = Field(None, description="Set when status is invalid.")
+
+
+class BatchLookupResponse(_Model):
+    results: list[LookupResult] = Field(description="One per identifier, in the order they were asked.")
+
+
+class ProfileResponse(_Model):
+    profile_id: str = Field(description="The live id: a retired (merged) id answers with its survivor's.")
+    requested_id: str
+    retired: bool = Field(description="True when requested_id was merged into profile_id.")
+    profile: dict[str, Any]
+
+
+class ErrorResponse(_Model):
+    status: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+_MODELS: tuple[type[BaseModel], ...] = (
+    BatchLookupRequest,
+    BatchLookupResponse,
+    Candidate,
+    ErrorResponse,
+    IdentifierQuery,
+    LookupResult,
+    ProfileResponse,
+    ScreenPopCard,
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_VIEW = {
+    "name": "view",
+    "in": "query",
+    "required": False,
+    "description": "card (default): the screen-pop card; full: the whole golden profile.",
+    "schema": {"type": "string", "enum": ["card", "full"], "default": "card"},
+}
+_ERRORS = {
+    "400": _json("ErrorResponse", "The request is malformed; the message says what is wrong."),
+    "401": _json("ErrorResponse", "No valid bearer token."),
+}
+
+
+def openapi(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the lookup API."""
+    _, defs = models_json_schema([(m, "serialization") for m in _MODELS], ref_template="#/components/schemas/{model}")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "idstream lookup API",
+            "version": version,
+            "description": (
+                "Who is this caller? Reads the live identity graph. Every endpoint but /healthz needs "
+                "`Authorization: Bearer <token>` (tokens come from IDSTREAM_API_TOKENS)."
+            ),
+        },
+        "components": {
+            "schemas": defs["$defs"],
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/lookup": {
+                "get": {
+                    "summary": "The person holding one identifier",
+                    "operationId": "lookup",
+                    "parameters": [
+                        {"name": "kind", "in": "query", "required": True, "schema": {"type": "string"}},
+                        {"name": "value", "in": "query", "required": True, "schema": {"type": "string"}},
+                        _VIEW,
+                    ],
+                    "responses": {
+                        "200": _json("LookupResult", "found, or ambiguous (with candidates, no single profile)."),
+                        "404": _json("LookupResult", "not_found: no person holds this identifier."),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/lookup/batch": {
+                "post": {
+                    "summary": f"Up to {MAX_BATCH} identifiers at once",
+                    "operationId": "lookupBatch",
+                    "parameters": [_VIEW],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("BatchLookupRequest")}},
+                    },
+                    "responses": {
+                        "200": _json("BatchLookupResponse", "One result per identifier, in order."),
+                        **_ERRORS,
+                        "413": _json("ErrorResponse", "The body is too large."),
+                    },
+                }
+            },
+            "/v1/profiles/{profile_id}": {
+                "get": {
+                    "summary": "A golden profile by id (retired ids answer with their survivor)",
+                    "operationId": "getProfile",
+                    "parameters": [
+                        {"name": "profile_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {
+                            **_VIEW,
+                            "description": "full (default here): the golden profile; card: the screen-pop card.",
+                            "schema": {"type": "string", "enum": ["card", "full"], "default": "full"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("ProfileResponse", "The live profile."),
+                        "404": _json("ErrorResponse", "No such profile."),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness (no token needed)",
+                    "operationId": "health",
+                    "security": [],
+                    "responses": {"200": {"description": "The server is up."}},
+                }
+            },
+        },
+    }
