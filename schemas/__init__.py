@@ -2,7 +2,7 @@
 
 from schemas.errors import FieldError, InvalidMessage
 from schemas.export import SCHEMAS, export_schemas, json_schema
-from schemas.outputs import DeadLetter, IdentityChange, ProfileUpdate
+from schemas.outputs import DeadLetter, IdentityChange, ProfileUpdate, Trigger
 from schemas.touch import (
     MAX_IDENTIFIERS,
     MAX_MESSAGE_BYTES,
@@ -12,6 +12,7 @@ from schemas.touch import (
     UtmIn,
     decode_touch,
 )
+from schemas.webhooks import WebhookDeadLetter
 
 __all__ = [
     "MAX_IDENTIFIERS",
@@ -25,7 +26,9 @@ __all__ = [
     "InvalidMessage",
     "ProfileUpdate",
     "TouchEvent",
+    "Trigger",
     "UtmIn",
+    "WebhookDeadLetter",
     "decode_touch",
     "export_schemas",
     "json_schema",

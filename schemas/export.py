@@ -10,8 +10,9 @@ from pydantic import BaseModel
 
 from schemas.api import openapi
 from schemas.errors import FieldError
-from schemas.outputs import DeadLetter, IdentityChange, ProfileUpdate
+from schemas.outputs import DeadLetter, IdentityChange, ProfileUpdate, Trigger
 from schemas.touch import TouchEvent
+from schemas.webhooks import WebhookDeadLetter
 
 __all__ = ["OPENAPI", "SCHEMAS", "export_schemas", "json_schema"]
 
@@ -22,6 +23,8 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "profile-update.v1.json": ProfileUpdate,
     "identity-change.v1.json": IdentityChange,
     "dead-letter.v1.json": DeadLetter,
+    "trigger.v1.json": Trigger,
+    "webhook-dead-letter.v1.json": WebhookDeadLetter,
 }
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DeadLetter", "IdentityChange", "ProfileUpdate"]
+__all__ = ["DeadLetter", "IdentityChange", "ProfileUpdate", "Trigger"]
 
 
 class ProfileUpdate(BaseModel):
@@ -57,3 +57,28 @@ class DeadLetter(BaseModel):
     error: dict[str, Any]
     value_utf8: str | None = Field(None, description="The original bytes, when they are UTF-8.")
     value_base64: str | None = Field(None, description="The original bytes otherwise.")
+
+
+class Trigger(BaseModel):
+    """One message on ``triggers`` (keyed by ``profile_id``): a signal for marketing automation.
+
+    ``trigger_id`` names the cause (see ``identity/triggers.py``): the same cause always gets the same
+    id, and idstream fires it once. Only a worker crash between producing a trigger and recording it
+    can repeat one, with the same ``trigger_id``: receivers that must act exactly once dedupe on it.
+    """
+
+    model_config = ConfigDict(title="Trigger", extra="forbid")
+
+    trigger_id: str
+    rule: Literal["stage_changed", "returning_with_open_deal", "repeat_inquiry", "lead_score_crossed"]
+    profile_id: str
+    event_id: str = Field(description="The touch that caused it.")
+    occurred_at: str = Field(description="When that touch happened.")
+    data: dict[str, Any] = Field(
+        description=(
+            "stage_changed: deal_id, from, to, pipeline, amount, status, source; returning_with_open_deal and "
+            "repeat_inquiry: deal_id, stage, touch_type, source, open_deals; lead_score_crossed: threshold, "
+            "lead_score."
+        )
+    )
+    profile: dict[str, Any] = Field(description="The person's screen-pop card when the trigger fired.")

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import faust
 import redis
@@ -24,7 +24,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from identity import TransientError
-from streams.processor import Inbound, Outbound, OutputTopics, Processor
+from streams.processor import Inbound, Processor
 from streams.settings import Settings
 
 __all__ = ["create_app", "ensure_topics", "run_batch"]
@@ -39,7 +39,8 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
         compacted = {"cleanup.policy": "compact"}
         wanted = [NewTopic(t, settings.topic_partitions, 1) for t in settings.touch_topics]
         wanted.append(NewTopic(settings.profiles_topic, settings.topic_partitions, 1, topic_configs=compacted))
-        wanted += [NewTopic(t, settings.topic_partitions, 1) for t in (settings.changes_topic, settings.dlq_topic)]
+        others = (settings.changes_topic, settings.dlq_topic, settings.triggers_topic)
+        wanted += [NewTopic(t, settings.topic_partitions, 1) for t in others]
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         if missing:
@@ -56,14 +57,18 @@ def _fatal(reason: str) -> None:
     os._exit(70)
 
 
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
 async def run_batch(
-    process: Callable[[Sequence[Inbound]], list[Outbound]],
-    batch: Sequence[Inbound],
+    process: Callable[[In], Out],
+    batch: In,
     *,
     give_up_after: float,
     on_fatal: Callable[[str], None] = _fatal,
-) -> list[Outbound] | None:
-    """Run one batch through the processor off the event loop, retrying transient errors with backoff."""
+) -> Out | None:
+    """Run one step (a batch through the processor) off the event loop, retrying transient errors with backoff."""
     loop = asyncio.get_running_loop()
     delay, waited = 0.1, 0.0
     while True:
@@ -101,10 +106,7 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
         web_enabled=False,
     )
     client = redis.Redis.from_url(redis_url)
-    processor = Processor(
-        settings.redis_store(client),
-        OutputTopics(settings.profiles_topic, settings.changes_topic, settings.dlq_topic),
-    )
+    processor = Processor(settings.redis_store(client), settings.output_topics(), settings.trigger_rules_config())
     touches = app.topic(*settings.touch_topics, key_type=bytes, value_type=bytes, value_serializer="raw")
 
     async def resolve(stream: faust.StreamT[Any]) -> None:
@@ -113,8 +115,13 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
         async for events in batches:
             batch = [Inbound(e.message.value, e.message.topic, e.message.partition, e.message.offset) for e in events]
             out = await run_batch(processor.process, batch, give_up_after=settings.give_up_after)
-            for message in out or ():
+            if not out:
+                continue
+            for message in out:
                 await app.producer.send(message.topic, message.key, message.value, None, None, None)
+            if any(m.trigger_id for m in out):
+                await app.producer.flush()  # delivered before recorded: a crash re-fires, never loses
+                await run_batch(processor.confirm, out, give_up_after=settings.give_up_after)
 
     app.agent(touches, name="idstream.resolve", concurrency=1)(resolve)
     return app

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Protocol
 
 from pydantic import BaseModel
 
 from identity import ApplyResult, IdstreamError, Touch, TransientError, UnsupportedEvent
+from identity.card import screen_pop
 from identity.graph import ChangeKind
 from identity.touch import LINKING_TYPES
-from schemas import DeadLetter, IdentityChange, InvalidMessage, ProfileUpdate, decode_touch
+from identity.triggers import Candidate, TriggerRules, candidates
+from schemas import DeadLetter, IdentityChange, InvalidMessage, ProfileUpdate, Trigger, decode_touch
+from streams.redis_store import Snapshot
 
 __all__ = ["Inbound", "Outbound", "OutputTopics", "Processor", "ProfileSource"]
 
@@ -43,6 +47,7 @@ class Outbound:
     topic: str
     key: bytes | None
     value: bytes | None  # None is a tombstone
+    trigger_id: str | None = None  # a trigger: record it as fired once this message is delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,7 @@ class OutputTopics:
     profiles: str = "profiles.updates"
     changes: str = "identity.changes"
     dlq: str = "touches.dlq"
+    triggers: str = "triggers"
 
 
 class ProfileSource(Protocol):
@@ -57,9 +63,11 @@ class ProfileSource(Protocol):
 
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]: ...
 
-    def profiles_for(self, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def snapshot(self, profile_ids: Sequence[str]) -> Snapshot: ...
 
-    def next_versions(self, n: int) -> int: ...
+    def unfired(self, trigger_ids: Sequence[str]) -> set[str]: ...
+
+    def mark_fired(self, trigger_ids: Sequence[str]) -> None: ...
 
 
 def _json(model: BaseModel) -> bytes:
@@ -75,9 +83,25 @@ class _Pending:
 
 
 class Processor:
-    def __init__(self, store: ProfileSource, topics: OutputTopics | None = None) -> None:
+    """Decode, apply, and say what to produce. Triggers are recorded as fired by :meth:`confirm`, which
+    the caller runs once the batch's messages are delivered: a crash in between re-fires them (same
+    ``trigger_id``) on redelivery instead of losing them."""
+
+    def __init__(
+        self,
+        store: ProfileSource,
+        topics: OutputTopics | None = None,
+        rules: TriggerRules | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.store = store
         self.topics = topics or OutputTopics()
+        self.rules = rules or TriggerRules()
+        self.clock = clock
+
+    def confirm(self, delivered: Sequence[Outbound]) -> None:
+        """Record the triggers among delivered messages as fired."""
+        self.store.mark_fired([o.trigger_id for o in delivered if o.trigger_id is not None])
 
     def process(self, batch: Sequence[Inbound]) -> list[Outbound]:
         out: list[Outbound] = []
@@ -144,11 +168,12 @@ class Processor:
                     p.event_ids.append(touch.event_id)
                 p.merged_from.update(change.merged_from)
                 p.split_from.update(change.split_from)
-        profiles = self.store.profiles_for(sorted(pending))
+        snap = self.store.snapshot(sorted(pending))
+        profiles = snap.profiles
         retired = {old for p in pending.values() for old in p.merged_from} - profiles.keys()
-        messages = [(pid, pending[pid]) for pid in sorted(profiles)]
-        last = self.store.next_versions(len(messages)) if messages else 0
-        for version, (pid, p) in enumerate(messages, start=last - len(messages) + 1):
+        first = snap.last_version - len(profiles) + 1
+        for version, pid in enumerate(sorted(profiles), start=first):
+            p = pending.get(pid) or _Pending()
             update = ProfileUpdate(
                 kind=p.kind,
                 profile_id=pid,
@@ -160,6 +185,41 @@ class Processor:
             )
             out.append(Outbound(self.topics.profiles, pid.encode(), _json(update)))
         out.extend(Outbound(self.topics.profiles, old.encode(), None) for old in sorted(retired))
+        out.extend(self._triggers(results, snap))
+        return out
+
+    def _triggers(self, results: list[tuple[Touch, ApplyResult]], snap: Snapshot) -> list[Outbound]:
+        if not self.rules.enabled:
+            return []
+        now = self.clock()
+        wanted: dict[str, Candidate] = {}
+        for touch, result in results:
+            pid = snap.live.get(result.profile_id or "")
+            if pid is None:
+                continue
+            merged = [old for c in result.changes for old in c.merged_from]
+            for c in candidates(touch, snap.profiles.get(pid), self.rules, now=now, merged_from=merged):
+                wanted.setdefault(c.trigger_id, c)
+        if not wanted:
+            return []
+        asked = sorted({*wanted, *(i for c in wanted.values() for i in c.inherit)})
+        unfired = self.store.unfired(asked)
+        inherited = [tid for tid, c in wanted.items() if tid in unfired and any(i not in unfired for i in c.inherit)]
+        self.store.mark_fired(inherited)  # a merged person already fired it: nothing to produce, nothing to lose
+        out = []
+        for tid, c in wanted.items():
+            if tid not in unfired or tid in inherited:
+                continue
+            message = Trigger(
+                trigger_id=tid,
+                rule=c.rule,
+                profile_id=c.profile_id,
+                event_id=c.event_id,
+                occurred_at=c.occurred_at,
+                data=c.data,
+                profile=screen_pop(snap.profiles[c.profile_id]),
+            )
+            out.append(Outbound(self.topics.triggers, c.profile_id.encode(), _json(message), trigger_id=tid))
         return out
 
     def _changes(self, touch: Touch, result: ApplyResult, out: list[Outbound]) -> None:

@@ -37,7 +37,15 @@ from identity import (
 from identity.golden import contribution, render
 from identity.touch import LINKING_TYPES, TouchType, key_text
 
-__all__ = ["KEY_NAMES", "READ_KEY_NAMES", "Found", "RedisIdentityStore", "parse_read", "render_person"]
+__all__ = [
+    "KEY_NAMES",
+    "READ_KEY_NAMES",
+    "Found",
+    "RedisIdentityStore",
+    "Snapshot",
+    "parse_read",
+    "render_person",
+]
 
 #: The hashes (and one set) that hold a graph, in the order the script takes them.
 KEY_NAMES: Final = (
@@ -57,6 +65,7 @@ _RESOLVE_LUA = resources.files("streams").joinpath("lua/resolve.lua").read_text(
 #: One person (by identifier or by profile id) in one round trip: see the script's header.
 READ_LUA: Final = resources.files("streams").joinpath("lua/read.lua").read_text(encoding="utf-8")
 READ_KEY_NAMES: Final = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "agg")
+_SNAPSHOT_LUA = resources.files("streams").joinpath("lua/snapshot.lua").read_text(encoding="utf-8")
 
 
 def _node(ident: Identifier) -> str:
@@ -76,6 +85,14 @@ def _person(raw: bytes | str) -> tuple[str, str, list[str]]:
     """A stored person record: (profile id, creation key, nodes)."""
     pid, created, _hroot, _counts, nodes = _text(raw).split(RS)
     return pid, created, nodes.split(GS) if nodes else []
+
+
+class Snapshot(NamedTuple):
+    """Profiles read atomically with the versions of their updates (see ``streams/lua/snapshot.lua``)."""
+
+    profiles: dict[str, dict[str, Any]]  # live id -> golden profile
+    live: dict[str, str]  # requested id -> live id
+    last_version: int  # versions last - len(profiles) + 1 .. last belong to these profiles
 
 
 class Found(NamedTuple):
@@ -141,8 +158,10 @@ class RedisIdentityStore:
         self.prefix = prefix
         self.keys = [f"{{{prefix}}}:{name}" for name in KEY_NAMES]
         self._key = dict(zip(KEY_NAMES, self.keys, strict=True))
+        self._key["fired"] = f"{{{prefix}}}:fired"  # trigger ids already produced (not part of the graph)
         self._resolve = client.register_script(_RESOLVE_LUA)
         self._read = client.register_script(READ_LUA)
+        self._snapshot = client.register_script(_SNAPSHOT_LUA)
         self.read_keys = [self._key[name] for name in READ_KEY_NAMES]
         self._policy_json = json.dumps(
             {
@@ -282,6 +301,40 @@ class RedisIdentityStore:
         """Reserve ``n`` profile-update versions; returns the last. Versions only grow, across workers."""
         return int(self.client.hincrby(self._key["meta"], "version", n))
 
+    def snapshot(self, profile_ids: Sequence[str]) -> Snapshot:
+        """The live profiles of these ids and their update versions, read in one atomic script call."""
+        if not profile_ids:
+            return Snapshot({}, {}, 0)
+        keys = [self._key[name] for name in ("pidx", "person", "redirect", "agg", "meta")]
+        try:
+            last, pairs, records = self._snapshot(keys=keys, args=list(profile_ids))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TransientError(f"redis unavailable: {exc}") from exc
+        live = {_text(requested): _text(pid) for requested, pid in _list(pairs)}
+        profiles = {}
+        for record, aggs in _list(records):
+            pid, created, nodes = _person(record)
+            profiles[pid] = render_person(self.policy, pid, created, nodes, _list(aggs))
+        return Snapshot(profiles, live, int(last))
+
+    def unfired(self, trigger_ids: Sequence[str]) -> set[str]:
+        """The trigger ids not marked as fired yet."""
+        if not trigger_ids:
+            return set()
+        try:
+            flags = self.client.smismember(self._key["fired"], list(trigger_ids))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TransientError(f"redis unavailable: {exc}") from exc
+        return {tid for tid, flag in zip(trigger_ids, flags, strict=True) if not flag}
+
+    def mark_fired(self, trigger_ids: Sequence[str]) -> None:
+        """Remember triggers as fired (after they were produced), so no cause fires twice."""
+        if trigger_ids:
+            try:
+                self.client.sadd(self._key["fired"], *trigger_ids)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise TransientError(f"redis unavailable: {exc}") from exc
+
     def _records(self) -> Iterator[tuple[str, str, list[str]]]:
         for _handle, raw in self.client.hscan_iter(self._key["person"], count=1000):
             yield _person(raw)
@@ -306,4 +359,4 @@ class RedisIdentityStore:
 
     def clear(self) -> None:
         """Delete this graph's keys (tests, and `idstream rebuild` later)."""
-        self.client.delete(*self.keys)
+        self.client.delete(*self.keys, self._key["fired"])

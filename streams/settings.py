@@ -16,6 +16,9 @@ from identity.policy import (
     DEFAULT_LOST_STAGES,
     DEFAULT_WON_STAGES,
 )
+from identity.triggers import RULES as TRIGGER_RULES
+from identity.triggers import TriggerRules
+from streams.processor import OutputTopics
 from streams.redis_store import RedisIdentityStore
 
 __all__ = ["Settings"]
@@ -61,6 +64,7 @@ class Settings(BaseSettings):
     profiles_topic: str = "profiles.updates"
     changes_topic: str = "identity.changes"
     dlq_topic: str = "touches.dlq"
+    triggers_topic: str = "triggers"
     topic_partitions: int = Field(4, ge=1)
     batch_size: int = Field(500, ge=1, description="Most events per batch (one Redis call).")
     batch_within: float = Field(0.2, gt=0, description="Seconds to wait for a batch to fill.")
@@ -81,6 +85,16 @@ class Settings(BaseSettings):
         description="Lead-score points per action: TYPE, TYPE:ATTRIBUTE or TYPE:ATTRIBUTE=VALUE -> points.",
     )
     won_stages: list[str] = Field(default_factory=lambda: sorted(DEFAULT_WON_STAGES))
+    trigger_rules: list[str] = Field(
+        default_factory=lambda: list(TRIGGER_RULES), description="Triggers to fire; [] turns them off."
+    )
+    lead_score_thresholds: list[int] = Field(default_factory=lambda: [50, 100])
+    returning_window_hours: float = Field(
+        24.0, gt=0, description="returning_with_open_deal fires once per deal per window of event time."
+    )
+    trigger_max_age_hours: float = Field(
+        24.0, ge=0, description="Touches older than this fire no trigger (replays stay quiet); 0: no limit."
+    )
     lost_stages: list[str] = Field(default_factory=lambda: sorted(DEFAULT_LOST_STAGES))
     state_file: Path = Field(
         default_factory=lambda: Path.home() / ".idstream" / "runtime.json",
@@ -125,6 +139,17 @@ class Settings(BaseSettings):
             won_stages=frozenset(self.won_stages),
             lost_stages=frozenset(self.lost_stages),
         )
+
+    def trigger_rules_config(self) -> TriggerRules:
+        return TriggerRules(
+            enabled=frozenset(self.trigger_rules),
+            lead_thresholds=tuple(self.lead_score_thresholds),
+            returning_window_s=max(1, round(self.returning_window_hours * 3600)),
+            max_age_s=self.trigger_max_age_hours * 3600 or None,
+        )
+
+    def output_topics(self) -> OutputTopics:
+        return OutputTopics(self.profiles_topic, self.changes_topic, self.dlq_topic, self.triggers_topic)
 
     def redis_store(self, client: redis.Redis) -> RedisIdentityStore:
         """The Redis identity graph configured by these settings."""

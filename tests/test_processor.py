@@ -13,7 +13,7 @@ import redis
 from identity import ApplyResult, Touch
 from schemas import DeadLetter, IdentityChange, ProfileUpdate
 from streams.processor import Inbound, Outbound, Processor
-from streams.redis_store import RedisIdentityStore
+from streams.redis_store import RedisIdentityStore, Snapshot
 
 
 def event(eid: str, minute: int, *ids: tuple[str, str], type: str = "site_visit", **extra: Any) -> bytes:
@@ -144,11 +144,14 @@ class FailsOn:
             raise redis.ResponseError("script failed")
         return self.store.apply_batch(touches)
 
-    def profiles_for(self, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return self.store.profiles_for(profile_ids)
+    def snapshot(self, profile_ids: Sequence[str]) -> Snapshot:
+        return self.store.snapshot(profile_ids)
 
-    def next_versions(self, n: int) -> int:
-        return self.store.next_versions(n)
+    def unfired(self, trigger_ids: Sequence[str]) -> set[str]:
+        return self.store.unfired(trigger_ids)
+
+    def mark_fired(self, trigger_ids: Sequence[str]) -> None:
+        self.store.mark_fired(trigger_ids)
 
 
 def test_a_poison_event_is_dead_lettered_and_the_rest_of_its_batch_applies(store: RedisIdentityStore) -> None:
