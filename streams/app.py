@@ -39,7 +39,7 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
         compacted = {"cleanup.policy": "compact"}
         wanted = [NewTopic(t, settings.topic_partitions, 1) for t in settings.touch_topics]
         wanted.append(NewTopic(settings.profiles_topic, settings.topic_partitions, 1, topic_configs=compacted))
-        others = (settings.changes_topic, settings.dlq_topic, settings.triggers_topic)
+        others = (settings.changes_topic, settings.dlq_topic, settings.triggers_topic, settings.webhook_dlq_topic)
         wanted += [NewTopic(t, settings.topic_partitions, 1) for t in others]
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
@@ -50,7 +50,7 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
         admin.close()
 
 
-def _fatal(reason: str) -> None:
+def stop_before_ack(reason: str) -> None:
     """Stop now, before Faust acknowledges the batch: the events will be redelivered."""
     log.critical("stopping the worker without acknowledging the batch: %s", reason)
     logging.shutdown()
@@ -66,7 +66,7 @@ async def run_batch(
     batch: In,
     *,
     give_up_after: float,
-    on_fatal: Callable[[str], None] = _fatal,
+    on_fatal: Callable[[str], None] = stop_before_ack,
 ) -> Out | None:
     """Run one step (a batch through the processor) off the event loop, retrying transient errors with backoff."""
     loop = asyncio.get_running_loop()

@@ -124,6 +124,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """Run the webhook agent (its own consumer group) against the configured (or `up`) servers."""
+    import faust  # noqa: PLC0415
+
+    from streams.app import ensure_topics  # noqa: PLC0415
+    from streams.webhooks_app import create_webhook_app  # noqa: PLC0415
+
+    settings = Settings()
+    if not settings.webhooks:
+        print("idstream: no IDSTREAM_WEBHOOKS configured: nothing to deliver to", file=sys.stderr)
+        return 2
+    found = servers(settings)
+    ensure_topics(settings, found.kafka)
+    app = create_webhook_app(settings, found.kafka)
+    faust.Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    return 0
+
+
 def _progress(done: int, total: int) -> None:
     width = 30
     filled = width * done // max(total, 1)
@@ -281,6 +299,8 @@ def _runtime(settings: Settings) -> Iterator[tuple[Servers, subprocess.Popen[byt
         argv = [sys.executable, "-m", "streams.cli", "serve", "--port", str(port)]  # our own module, our port
         server = subprocess.Popen(argv, env=env)  # noqa: S603
         processes = [worker, server]
+        if settings.webhooks:
+            processes.append(subprocess.Popen([sys.executable, "-m", "streams.cli", "webhooks"], env=env))
         print(f"kafka={kafka} redis={redis_url} lookup=http://127.0.0.1:{port}", flush=True)
         yield found, worker
     finally:
@@ -423,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Faust worker")
     worker.add_argument("--loglevel", default="warning")
     worker.set_defaults(func=cmd_worker)
+
+    webhooks = sub.add_parser("webhooks", help="run the webhook agent (delivers triggers over HTTP)")
+    webhooks.add_argument("--loglevel", default="warning")
+    webhooks.set_defaults(func=cmd_webhooks)
 
     ingest = sub.add_parser("ingest", help="produce a JSON-lines file of touch events")
     ingest.add_argument("file", help="path, or - for standard input")

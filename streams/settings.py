@@ -18,6 +18,7 @@ from identity.policy import (
 )
 from identity.triggers import RULES as TRIGGER_RULES
 from identity.triggers import TriggerRules
+from sinks.webhook import WebhookEndpoint
 from streams.processor import OutputTopics
 from streams.redis_store import RedisIdentityStore
 
@@ -72,6 +73,13 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds; group joins wait on it (Faust's 60 s default makes startup slow)."
     )
     give_up_after: float = Field(60.0, ge=0, description="Seconds of store outage before the worker exits.")
+
+    webhooks: list[WebhookEndpoint] = Field(
+        default_factory=list,
+        description='HTTP endpoints for triggers (JSON list: [{"name", "url", "secret", "rules"?, ...}]).',
+    )
+    webhook_dlq_topic: str = "webhooks.dlq"
+    webhook_concurrency: int = Field(32, ge=1, description="Deliveries in flight at once per webhook worker.")
 
     api_tokens: list[SecretStr] = Field(
         default_factory=list,

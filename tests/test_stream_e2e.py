@@ -52,6 +52,8 @@ class Deployment:
             "IDSTREAM_PROFILES_TOPIC": f"profiles-{tag}",
             "IDSTREAM_CHANGES_TOPIC": f"changes-{tag}",
             "IDSTREAM_DLQ_TOPIC": f"dlq-{tag}",
+            "IDSTREAM_TRIGGERS_TOPIC": f"triggers-{tag}",
+            "IDSTREAM_WEBHOOK_DLQ_TOPIC": f"wdlq-{tag}",
             "IDSTREAM_REDIS_PREFIX": f"e2e-{tag}",
             "IDSTREAM_TOPIC_PARTITIONS": str(partitions),
             "IDSTREAM_BATCH_WITHIN": "0.05",
@@ -65,6 +67,8 @@ class Deployment:
             profiles_topic=f"profiles-{tag}",
             changes_topic=f"changes-{tag}",
             dlq_topic=f"dlq-{tag}",
+            triggers_topic=f"triggers-{tag}",
+            webhook_dlq_topic=f"wdlq-{tag}",
             redis_prefix=f"e2e-{tag}",
             topic_partitions=partitions,
         )
@@ -76,10 +80,10 @@ class Deployment:
     def topic(self) -> str:
         return self.settings.touch_topics[0]
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"worker-{len(self.workers)}.log").open("wb")
+    def start_worker(self, command: str = "worker") -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"{command}-{len(self.workers)}.log").open("wb")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], env=self.env, cwd=ROOT, stdout=log, stderr=log
+            [sys.executable, "-m", "streams.cli", command], env=self.env, cwd=ROOT, stdout=log, stderr=log
         )
         self.workers.append(worker)
         return worker
@@ -207,3 +211,108 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(depl
     assert client.scard(seen_key) == len(touches)  # every event applied
     assert store.persons() == expected.persons()
     assert list(store.profiles()) == list(expected.profiles())  # touch counts would show a double
+
+
+class Receiver:
+    """A real HTTP receiver in a thread: checks signatures, fails as scripted, records deliveries."""
+
+    def __init__(self, secret: str, failures_before_success: dict[str, int]) -> None:
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        self.secret = secret.encode()
+        self.failures = failures_before_success  # endpoint path -> 500s per delivery id (-1: forever)
+        self.attempts: dict[tuple[str, str], int] = {}
+        self.delivered: dict[str, list[dict[str, Any]]] = {}
+        self.bad_signatures = 0
+        self.loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_post("/hook/{name}", self.handle)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = self.runner.addresses[0][1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        from sinks.webhook import verify
+
+        body = await request.read()
+        headers = request.headers
+        if not verify(self.secret, headers["X-Idstream-Timestamp"], body, headers["X-Idstream-Signature"]):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        name, delivery = request.match_info["name"], headers["X-Idstream-Delivery"]
+        n = self.attempts[(name, delivery)] = self.attempts.get((name, delivery), 0) + 1
+        limit = self.failures.get(name, 0)
+        if limit < 0 or n <= limit:
+            return web.Response(status=500)
+        self.delivered.setdefault(name, []).append(json.loads(body))
+        return web.Response(status=204)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/hook/{name}"
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_triggers_reach_webhooks_signed_retried_and_dead_lettered_once_per_cause(
+    kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Worker -> triggers topic -> webhook agent -> a real receiver: retried after 500s, DLQ after the limit,
+    and a redelivered stream fires nothing twice."""
+    from schemas import Trigger, WebhookDeadLetter
+
+    secret = "webhook-secret-0123456789abcdef"  # noqa: S105 - a test secret
+    receiver = Receiver(secret, {"crm": 2, "broken": -1})
+    endpoints = [
+        {"name": "crm", "url": receiver.url("crm"), "secret": secret, "backoff_initial": 0.05},
+        {"name": "broken", "url": receiver.url("broken"), "secret": secret, "max_attempts": 2, "backoff_initial": 0.05},
+    ]
+    deployment = Deployment(kafka, redis_url, tmp_path)
+    deployment.env["IDSTREAM_WEBHOOKS"] = json.dumps(endpoints)
+    deployment.env["IDSTREAM_TRIGGER_MAX_AGE_HOURS"] = "0"  # the story happened in the past
+    try:
+        deployment.start_worker()
+        deployment.start_worker("webhooks")
+        deployment.produce(wire(story()))
+        wait_for(lambda: deployment.lag() == 0, 120, "the worker to consume the story")
+        fired = [Trigger.model_validate_json(v or b"") for _, v in deployment.read(deployment.settings.triggers_topic)]
+        assert "stage_changed" in {t.rule for t in fired}
+        ids = {t.trigger_id for t in fired}
+        assert len(ids) == len(fired)  # each cause once
+        wait_for(lambda: {d["trigger_id"] for d in receiver.delivered.get("crm", [])} == ids, 120, "deliveries")
+        assert all(receiver.attempts[("crm", tid)] == 3 for tid in ids)  # two 500s, then accepted
+
+        def dead_letters() -> list[WebhookDeadLetter] | None:
+            found = deployment.read(deployment.settings.webhook_dlq_topic)
+            return (
+                [WebhookDeadLetter.model_validate_json(v or b"") for _, v in found] if len(found) >= len(ids) else None
+            )
+
+        letters = wait_for(dead_letters, 120, "dead letters for the broken endpoint")
+        assert {(d.endpoint, d.delivery_id, d.attempts, d.last_status) for d in letters} == {
+            ("broken", tid, 2, 500) for tid in ids
+        }
+        assert all(secret not in d.model_dump_json() for d in letters)
+        assert receiver.bad_signatures == 0
+
+        deployment.produce(wire(story()))  # the whole stream again: redelivery
+        wait_for(lambda: deployment.lag() == 0, 120, "the worker to consume the redelivery")
+        assert len(deployment.read(deployment.settings.triggers_topic)) == len(fired)
+        for log in tmp_path.glob("*.log"):
+            assert secret not in log.read_text(errors="replace")
+    finally:
+        deployment.stop()
+        receiver.close()
