@@ -27,7 +27,7 @@ from identity import TransientError
 from streams.processor import Inbound, Processor
 from streams.settings import Settings
 
-__all__ = ["create_app", "ensure_topics", "run_batch"]
+__all__ = ["create_app", "ensure_topics", "faust_app", "run_batch", "stop_before_ack"]
 
 log = logging.getLogger("idstream.worker")
 
@@ -88,10 +88,10 @@ async def run_batch(
             return None
 
 
-def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
-    """A Faust app wired to the given broker and Redis."""
-    app = faust.App(
-        settings.app_id,
+def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
+    """A Faust app (one consumer group) tuned for idstream's agents."""
+    return faust.App(
+        app_id,
         broker=f"kafka://{bootstrap}",
         store="memory://",
         processing_guarantee="at_least_once",
@@ -105,6 +105,11 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
     )
+
+
+def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
+    """A Faust app wired to the given broker and Redis."""
+    app = faust_app(settings, settings.app_id, bootstrap)
     client = redis.Redis.from_url(redis_url)
     processor = Processor(settings.redis_store(client), settings.output_topics(), settings.trigger_rules_config())
     touches = app.topic(*settings.touch_topics, key_type=bytes, value_type=bytes, value_serializer="raw")

@@ -19,7 +19,7 @@ from faust.streams import Stream
 from faust.types import EventT
 
 from sinks.webhook import WebhookSender, dead_letter, deliver_all
-from streams.app import stop_before_ack
+from streams.app import faust_app, stop_before_ack
 from streams.settings import Settings
 
 __all__ = ["create_webhook_app"]
@@ -28,20 +28,7 @@ log = logging.getLogger("idstream.webhooks")
 
 
 def create_webhook_app(settings: Settings, bootstrap: str) -> faust.App:
-    app = faust.App(
-        f"{settings.app_id}-webhooks",
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        processing_guarantee="at_least_once",
-        table_standby_replicas=0,
-        topic_allow_declare=False,
-        broker_session_timeout=settings.broker_session_timeout,
-        broker_heartbeat_interval=max(1.0, settings.broker_session_timeout / 5),
-        broker_rebalance_timeout=settings.broker_session_timeout,
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-    )
+    app = faust_app(settings, f"{settings.app_id}-webhooks", bootstrap)
     endpoints = list(settings.webhooks)
     # endpoints subscribe to logical names; the deployment may name its topics differently
     logical = {settings.triggers_topic: "triggers"}
