@@ -248,6 +248,36 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crm_mirror(args: argparse.Namespace) -> int:
+    """Keep a local SQLite mirror of profiles from profiles.updates (the example subscriber)."""
+    from streams.crm_mirror import Mirror, follow  # noqa: PLC0415
+
+    settings = Settings()
+    found = servers(settings)
+    mirror = Mirror(args.db)
+    try:
+        total = 0
+        for applied in follow(mirror, found.kafka, settings.profiles_topic, forever=args.follow):
+            total += applied
+            sys.stderr.write(f"\rapplied {total} messages")
+        profiles = mirror.profiles()
+        sys.stderr.write(f"\nmirror holds {len(profiles)} profiles and {len(mirror.deals())} deals\n")
+        if args.check:
+            exported = list(_store(settings).profiles())
+            if profiles != exported:
+                mine, theirs = {p["profile_id"] for p in profiles}, {p["profile_id"] for p in exported}
+                other = sum(1 for p in profiles if p["profile_id"] in theirs and p not in exported)
+                sys.stderr.write(
+                    f"mirror differs from export: {len(mine - theirs)} only in the mirror, "
+                    f"{len(theirs - mine)} only in Redis, {other} with other content\n"
+                )
+                return 1
+            sys.stderr.write("mirror equals `idstream export`\n")
+        return 0
+    finally:
+        mirror.close()
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -454,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--wait", action="store_true", help="return once the workers processed everything")
     ingest.add_argument("--timeout", type=float, default=600.0)
     ingest.set_defaults(func=cmd_ingest)
+
+    crm = sub.add_parser("crm-mirror", help="example subscriber: mirror profiles.updates into SQLite")
+    crm.add_argument("--db", default="crm-mirror.sqlite", help="SQLite file (offsets are kept in it too)")
+    crm.add_argument("--follow", action="store_true", help="keep consuming instead of stopping when caught up")
+    crm.add_argument("--check", action="store_true", help="compare the mirror with `idstream export`")
+    crm.set_defaults(func=cmd_crm_mirror)
 
     export = sub.add_parser("export", help="print every golden profile as JSON lines")
     export.set_defaults(func=cmd_export)

@@ -190,6 +190,13 @@ def test_two_workers_on_four_partitions_give_the_same_graph_as_one(deployment: D
     store = deployment.store()
     assert store.persons() == expected.persons()
     assert list(store.profiles()) == list(expected.profiles())
+    # the example CRM subscriber, fed by both workers' updates, ends equal to `idstream export`
+    mirror = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "crm-mirror", "--db", str(deployment.tmp / "crm.sqlite"), "--check"],
+        env=deployment.env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert mirror.returncode == 0, mirror.stderr
+    assert "mirror equals `idstream export`" in mirror.stderr
 
 
 def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(deployment: Deployment) -> None:
