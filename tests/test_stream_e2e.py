@@ -323,3 +323,60 @@ def test_triggers_reach_webhooks_signed_retried_and_dead_lettered_once_per_cause
     finally:
         deployment.stop()
         receiver.close()
+
+
+def test_the_lookup_api_answers_from_redis_filled_by_the_worker(deployment: Deployment) -> None:
+    """`idstream serve` with a token, over Redis that the real worker filled: card, ambiguous, 404, 401."""
+    import urllib.error
+    import urllib.request
+
+    from identity import CrmInfo
+    from streams.embedded import free_port
+    from tests.conftest import touch
+
+    office = ("phone", "8 (495) 123-45-67")
+    touches = [
+        *story(),
+        touch("sb1", 400, ("crm_contact_id", "anna"), office, type="crm_stage", crm=CrmInfo("d-a", "new")),
+        touch("sb2", 405, ("crm_contact_id", "boris"), office, type="crm_stage", crm=CrmInfo("d-b", "new")),
+    ]
+    deployment.start_worker()
+    deployment.produce(wire(touches))
+    wait_for(lambda: deployment.lag() == 0, 120, "the worker to consume everything")
+
+    token = "e2e-token-0123456789abcdef"  # noqa: S105 - a test token
+    port = free_port()
+    env = {**deployment.env, "IDSTREAM_API_TOKENS": json.dumps([token])}
+    argv = [sys.executable, "-m", "streams.cli", "serve", "--port", str(port)]
+    server = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE)
+
+    def get(path: str, auth: bool = True) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+        if auth:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return 0, {}
+
+    try:
+        wait_for(lambda: get("/healthz", auth=False)[0] == 200, 30, "the API to start")
+        ivan = deployment.store().lookup_raw("phone", "+79161234567")
+        for raw in ("8%20(916)%20123-45-67", "%2B7%20916%20123%2045%2067"):
+            status, body = get(f"/v1/lookup?kind=phone&value={raw}")
+            assert status == 200
+            assert body["status"] == "found"
+            assert body["profile_id"] == ivan
+            assert body["profile"]["display_name"] == "Иван Петров"
+            assert body["profile"]["open_deals"][0]["stage"] == "qualified"
+        status, body = get("/v1/lookup?kind=phone&value=84951234567")
+        assert (status, body["status"], len(body["candidates"])) == (200, "ambiguous", 2)
+        assert get("/v1/lookup?kind=phone&value=89260001122")[0] == 404
+        assert get("/v1/lookup?kind=phone&value=89161234567", auth=False)[0] == 401
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=20)
+        assert token.encode() not in errors
