@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson  # reading profiles (the lookup API's hot path) decodes every stored view
+
 from identity.policy import ResolutionPolicy
 from identity.touch import AttributeValue, Touch, TouchType, key_text
 
@@ -237,17 +239,17 @@ def render(aggregates: Iterable[dict[str, Any]], policy: ResolutionPolicy) -> di
                 deals[deal_id] = deal
         score += int(agg.get("s") or 0)
     recent.sort(key=lambda kv: kv[0])
-    views = {name: json.loads(claim[1]) for name, claim in attributes.items()}
+    views = {name: orjson.loads(claim[1]) for name, claim in attributes.items()}
     name = views.get("name")
     return {
         "display_name": name["value"] if name is not None and isinstance(name["value"], str) else None,
         "attributes": {k: views[k] for k in sorted(views)},
         "interests": {"projects": _counted(projects), "pages": _counted(pages)},
-        "first_touch": json.loads(first[1]) if first else None,
-        "last_touch": json.loads(last[1]) if last else None,
-        "recent_touches": [json.loads(v) for _, v in reversed(recent[-keep:] if keep else [])],
+        "first_touch": orjson.loads(first[1]) if first else None,
+        "last_touch": orjson.loads(last[1]) if last else None,
+        "recent_touches": [orjson.loads(v) for _, v in reversed(recent[-keep:] if keep else [])],
         "touch_counts": dict(sorted(counts.items())),
-        "deals": {d: _with_status(json.loads(deals[d][1]), policy) for d in sorted(deals)},
+        "deals": {d: _with_status(orjson.loads(deals[d][1]), policy) for d in sorted(deals)},
         "lead_score": score,
     }
 

@@ -24,7 +24,7 @@ from identity import Identifier, IdstreamError, Normalizer
 from schemas import InvalidMessage, TouchEvent, decode_touch, export_schemas
 from streams.generate import GeneratedStream, generate
 from streams.runtime import tune_gc
-from streams.runtime_state import Servers, forget, remember, servers
+from streams.runtime_state import Servers, forget, redis_url, remember, servers
 from streams.settings import Settings
 
 __all__ = ["main"]
@@ -106,7 +106,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def _store(settings: Settings) -> Any:
-    return settings.redis_store(redis.Redis.from_url(servers(settings).redis))
+    return settings.redis_store(redis.Redis.from_url(redis_url(settings)))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -216,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not tokens:
         logging.getLogger("idstream.api").warning("no IDSTREAM_API_TOKENS: serving open, on loopback only")
     config = ApiConfig(
-        servers(settings).redis,
+        redis_url(settings),
         settings.policy(),
         Normalizer(settings.normalizer_config()),
         settings.redis_prefix,

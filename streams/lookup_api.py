@@ -22,12 +22,12 @@ Access logs are off: queries carry phone numbers and e-mails.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import ValidationError
@@ -62,12 +62,8 @@ READER: web.AppKey[AsyncReader] = web.AppKey("reader", AsyncReader)
 CONFIG: web.AppKey[ApiConfig] = web.AppKey("config", ApiConfig)
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, dumps=_dumps)
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Final, NamedTuple
 
+import orjson
 import redis
 
 from identity import (
@@ -121,7 +122,7 @@ def render_person(
         "profile_id": pid,
         "created_at": (_EPOCH + timedelta(microseconds=created_us)).isoformat(),
         "identifiers": {k: sorted(identifiers[k]) for k in sorted(identifiers, key=policy.kind_rank)},
-        **render((json.loads(a) for a in aggs if a is not None), policy),
+        **render((orjson.loads(a) for a in aggs if a is not None), policy),
     }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from identity import ConfigurationError
 from streams.settings import Settings
 
-__all__ = ["Servers", "forget", "remember", "servers"]
+__all__ = ["Servers", "forget", "redis_url", "remember", "servers"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,13 @@ def servers(settings: Settings) -> Servers:
         "no servers: start `idstream up` in another terminal, or set IDSTREAM_KAFKA_BOOTSTRAP_SERVERS "
         "and IDSTREAM_REDIS_URL"
     )
+
+
+def redis_url(settings: Settings) -> str:
+    """Redis alone (the lookup API, export, lookup): configured, else the one `idstream up` recorded."""
+    if settings.redis_url:
+        return settings.redis_url
+    return servers(settings).redis
 
 
 def remember(path: Path, state: Servers) -> None:
