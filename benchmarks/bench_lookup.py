@@ -206,6 +206,27 @@ async def _open_loop(
     return phase
 
 
+async def _timed(phase: Phase, request: Any) -> bytes | None:
+    """One closed-loop request: its latency, status and errors go into ``phase``; the body if it was a 200."""
+    start = time.perf_counter()
+    try:
+        async with request as response:
+            raw: bytes = await response.read()
+            status = response.status
+    except Exception as exc:
+        phase.errors += 1
+        phase.failures[type(exc).__name__] += 1
+        return None
+    done = time.perf_counter()
+    phase.scheduled.append(done - start)
+    phase.first, phase.last = min(phase.first, start), done
+    phase.statuses[status] += 1
+    if status != 200:
+        phase.errors += 1
+        return None
+    return raw
+
+
 async def _closed_loop_batches(
     session: Any, base: str, queries: list[list[Any]], batches: int, rng: random.Random
 ) -> Phase:
@@ -213,23 +234,9 @@ async def _closed_loop_batches(
     for _ in range(batches):
         chosen = rng.sample(queries, min(BATCH, len(queries)))
         body = json.dumps({"identifiers": [{"kind": "phone", "value": q[0]} for q in chosen]}).encode()
-        start = time.perf_counter()
-        try:
-            async with session.post(
-                f"{base}/v1/lookup/batch", data=body, headers={"Content-Type": "application/json"}
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except Exception as exc:
-            phase.errors += 1
-            phase.failures[type(exc).__name__] += 1
-            continue
-        done = time.perf_counter()
-        phase.scheduled.append(done - start)
-        phase.first, phase.last = min(phase.first, start), done
-        phase.statuses[status] += 1
-        if status != 200:
-            phase.errors += 1
+        headers = {"Content-Type": "application/json"}
+        raw = await _timed(phase, session.post(f"{base}/v1/lookup/batch", data=body, headers=headers))
+        if raw is None:
             continue
         try:
             results = json.loads(raw)["results"]
@@ -248,20 +255,7 @@ async def _closed_loop_batches(
 async def _closed_loop_health(session: Any, base: str, count: int) -> Phase:
     phase = Phase()
     for _ in range(count):
-        start = time.perf_counter()
-        try:
-            async with session.get(f"{base}/healthz") as response:
-                await response.read()
-                status = response.status
-        except Exception as exc:
-            phase.errors += 1
-            phase.failures[type(exc).__name__] += 1
-            continue
-        done = time.perf_counter()
-        phase.scheduled.append(done - start)
-        phase.first, phase.last = min(phase.first, start), done
-        phase.statuses[status] += 1
-        phase.errors += status != 200
+        await _timed(phase, session.get(f"{base}/healthz"))
     return phase
 
 

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import ValidationError
 
-from identity import ConfigurationError, Identifier, Normalizer, ResolutionPolicy, TransientError
+from identity import ConfigurationError, Identifier, Normalizer, Rejection, ResolutionPolicy, TransientError
 from identity.card import screen_pop, summary
 from schemas.api import MAX_VALUE, BatchLookupRequest, openapi
 from schemas.export import API_VERSION
@@ -129,11 +129,17 @@ def _shown(profile: dict[str, Any], view: str) -> dict[str, Any]:
 
 
 def _answer(
-    kind: str, value: str, normalized: Identifier | str, found: Found | None, *, view: str, others: dict[str, Any]
+    kind: str,
+    value: str,
+    normalized: Identifier | Rejection,
+    found: Found | None,
+    *,
+    view: str,
+    others: dict[str, Any],
 ) -> dict[str, Any]:
-    if isinstance(normalized, str):  # a rejection: "code\0message"
-        code, _, message = normalized.partition("\0")
-        return {"status": "invalid", "kind": kind, "value": value, "error": {"code": code, "message": message}}
+    if isinstance(normalized, Rejection):
+        error = {"code": normalized.reason, "message": normalized.message}
+        return {"status": "invalid", "kind": kind, "value": value, "error": error}
     if found is None:
         return {"status": "not_found", "kind": kind, "value": value}
     if len(found.candidates) > 1:
@@ -148,13 +154,10 @@ def _answer(
     }
 
 
-def _normalize(normalizer: Normalizer, kind: str, value: str) -> Identifier | str:
+def _normalize(normalizer: Normalizer, kind: str, value: str) -> Identifier | Rejection:
     if len(value) > MAX_VALUE:
-        return f"too_long\0{kind} value is longer than {MAX_VALUE} characters"
-    result = normalizer.normalize(kind, value)
-    if isinstance(result, Identifier):
-        return result
-    return f"{result.reason}\0{result.message}"
+        return Rejection(kind, value[:64], "too_long", f"{kind} value is longer than {MAX_VALUE} characters")
+    return normalizer.normalize(kind, value)
 
 
 async def _resolve(request: web.Request, queries: Sequence[tuple[str, str]], view: str) -> list[dict[str, Any]]:

@@ -62,11 +62,19 @@ SIG_FLAG, SIG_SEP = "\x1c", "\x1b"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_RESOLVE_LUA = resources.files("streams").joinpath("lua/resolve.lua").read_text(encoding="utf-8")
+
+
+def _script(name: str) -> str:
+    """A Lua script with the shared helpers of ``lua/common.lua`` in front (scripts cannot share code)."""
+    folder = resources.files("streams").joinpath("lua")
+    return folder.joinpath("common.lua").read_text(encoding="utf-8") + folder.joinpath(name).read_text(encoding="utf-8")
+
+
+_RESOLVE_LUA = _script("resolve.lua")
 #: One person (by identifier or by profile id) in one round trip: see the script's header.
-READ_LUA: Final = resources.files("streams").joinpath("lua/read.lua").read_text(encoding="utf-8")
+READ_LUA: Final = _script("read.lua")
 READ_KEY_NAMES: Final = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "agg")
-_SNAPSHOT_LUA = resources.files("streams").joinpath("lua/snapshot.lua").read_text(encoding="utf-8")
+_SNAPSHOT_LUA = _script("snapshot.lua")
 
 
 def _node(ident: Identifier) -> str:
@@ -272,35 +280,9 @@ class RedisIdentityStore:
         found = parse_read(self._read(keys=self.read_keys, args=["pid", profile_id]), self.policy)
         return found.profile if found else None
 
-    def _render(self, pid: str, created: str, nodes: list[str], aggs: list[Any] | None = None) -> dict[str, Any]:
-        if aggs is None:
-            aggs = self.client.hmget(self._key["agg"], nodes) if nodes else []
+    def _render(self, pid: str, created: str, nodes: list[str]) -> dict[str, Any]:
+        aggs = self.client.hmget(self._key["agg"], nodes) if nodes else []
         return render_person(self.policy, pid, created, nodes, aggs)
-
-    def profiles_for(self, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Golden profiles of live ids, in three pipelined round trips whatever their number."""
-        if not profile_ids:
-            return {}
-        pipe = self.client.pipeline(transaction=False)
-        for pid in profile_ids:
-            pipe.hget(self._key["pidx"], pid)
-        handles = pipe.execute()
-        for handle in handles:
-            pipe.hget(self._key["person"], handle or b"")
-        records = []
-        for raw in pipe.execute():
-            if raw is None:
-                continue
-            records.append(_person(raw))
-            pipe.hmget(self._key["agg"], records[-1][2] or ["-"])
-        profiles = {}
-        for (pid, created, nodes), aggs in zip(records, pipe.execute(), strict=True):
-            profiles[pid] = self._render(pid, created, nodes, aggs)
-        return profiles
-
-    def next_versions(self, n: int) -> int:
-        """Reserve ``n`` profile-update versions; returns the last. Versions only grow, across workers."""
-        return int(self.client.hincrby(self._key["meta"], "version", n))
 
     def snapshot(self, profile_ids: Sequence[str]) -> Snapshot:
         """The live profiles of these ids and their update versions, read in one atomic script call."""

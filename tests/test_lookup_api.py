@@ -17,7 +17,7 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
-from identity import ConfigurationError, CrmInfo, Normalizer, ResolutionPolicy, Utm
+from identity import ConfigurationError, CrmInfo, Normalizer, Rejection, Utm
 from schemas.api import BatchLookupResponse, ErrorResponse, LookupResult, ProfileResponse, ScreenPopCard
 from streams.lookup_api import ApiConfig, check_exposure, create_lookup_app
 from streams.redis_store import RedisIdentityStore
@@ -330,9 +330,9 @@ def test_served_openapi_is_the_published_one(store: RedisIdentityStore) -> None:
     run(store, scenario)
 
 
-def test_the_policy_of_the_api_is_the_stream_s(store: RedisIdentityStore) -> None:
-    """Configured junk values and stages reach the API through the same settings object."""
-    settings = Settings(junk_values={"phone": ["+79161234567"]}, won_stages=["qualified"])
-    assert isinstance(settings.policy(), ResolutionPolicy)
-    normalizer = Normalizer(settings.normalizer_config())
-    assert not isinstance(normalizer.normalize("phone", "8 916 123 45 67"), tuple)
+def test_the_api_normalizes_with_the_stream_s_settings() -> None:
+    """Configured junk values reach the API's normalizer through the same settings object as the worker's."""
+    settings = Settings(junk_values={"phone": ["+79161234567"]})
+    rejected = Normalizer(settings.normalizer_config()).normalize("phone", "8 916 123 45 67")
+    assert isinstance(rejected, Rejection)
+    assert "junk" in rejected.message

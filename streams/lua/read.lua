@@ -9,22 +9,9 @@
 -- with the node on an evidence event while the policy kept the two persons apart: see the "contested
 -- identifiers" paragraph of identity/graph.py. Identifier values are only ever compared as data.
 
-local RS, GS = "\30", "\29"
 local SIG_FLAG, SIG_SEP = "\28", "\27"
 local owner, person, pidx, redirect, gparent, group, ev, agg =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-
-local function split(s, sep)
-  local out = {}
-  if s == nil or s == false or s == "" then return out end
-  local start = 1
-  while true do
-    local i = string.find(s, sep, start, true)
-    if i == nil then out[#out + 1] = string.sub(s, start); return out end
-    out[#out + 1] = string.sub(s, start, i - 1)
-    start = i + 1
-  end
-end
 
 local function field(record, n) return split(record, RS)[n] end
 
@@ -33,13 +20,7 @@ local handle
 local others = {}
 
 if mode == "pid" then
-  local pid = arg
-  for _ = 1, 64 do
-    handle = redis.call("HGET", pidx, pid)
-    if handle then break end
-    pid = redis.call("HGET", redirect, pid)
-    if not pid then return false end
-  end
+  handle = live_handle(pidx, redirect, arg)
   if not handle then return false end
 elseif mode == "node" then
   handle = redis.call("HGET", owner, arg)
@@ -67,12 +48,7 @@ end
 
 local record = redis.call("HGET", person, handle)
 if not record then return false end
-local nodes = split(field(record, 5), GS)
-local aggs = {}
-for i = 1, #nodes, 1000 do
-  local part = redis.call("HMGET", agg, unpack(nodes, i, math.min(i + 999, #nodes)))
-  for _, a in ipairs(part) do aggs[#aggs + 1] = a end
-end
+local aggs = person_aggs(agg, record)
 local contesting = {}
 for home in pairs(others) do
   local rec = redis.call("HGET", person, home)

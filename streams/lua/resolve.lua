@@ -13,7 +13,7 @@
 -- Returns JSON [{"s": status, "p": profile id, "ch": [[kind, pid, merged_from, split_from]],
 --                "cf": [[kind, limit, pid, other_pid, node]]}]
 
-local RS, GS, FS = "\30", "\29", "\31"
+local FS = "\31" -- RS and GS come from common.lua
 local K = {
   seen = KEYS[1], owner = KEYS[2], person = KEYS[3], pidx = KEYS[4], redirect = KEYS[5],
   gparent = KEYS[6], group = KEYS[7], ev = KEYS[8], born = KEYS[9], hparent = KEYS[10],
@@ -36,18 +36,6 @@ local function lt(a, b)
     if x ~= y then return x < y end
   end
   return #a < #b
-end
-
-local function split(s, sep)
-  local out = {}
-  if s == nil or s == "" then return out end
-  local start = 1
-  while true do
-    local i = string.find(s, sep, start, true)
-    if i == nil then out[#out + 1] = string.sub(s, start); return out end
-    out[#out + 1] = string.sub(s, start, i - 1)
-    start = i + 1
-  end
 end
 
 local function kind_of(node) return string.sub(node, 1, string.find(node, FS, 1, true) - 1) end
