@@ -52,15 +52,18 @@ Cost model
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 from identity.errors import UnsupportedEvent
+from identity.explain import EvidenceRecord, GroupView
 from identity.golden import Golden, render
 from identity.normalize import Identifier, Normalizer, Rejection
 from identity.policy import ResolutionPolicy
+from identity.shared import AUTO, LINK, UNLINK, shared_identifiers
 from identity.touch import LINKING_TYPES, Touch, TouchType
 
 __all__ = [
@@ -71,30 +74,49 @@ __all__ = [
     "IdentityGraph",
     "Match",
     "ProfileChange",
+    "erasure_hash",
     "profile_id_for",
 ]
 
-ChangeKind = Literal["created", "updated", "merged", "split"]
+ChangeKind = Literal["created", "updated", "merged", "split", "erased"]
 Status = Literal["applied", "reordered", "duplicate", "unresolved"]
+#: Types the graph applies: evidence, manual corrections and erasure.
+APPLIED_TYPES = LINKING_TYPES | {TouchType.IDENTITY_UNLINK, TouchType.ERASE_REQUEST}
+#: The key the in-memory graph hashes erased identifiers with when none is given (tests, demos).
+DEFAULT_ERASURE_KEY = b"idstream-development-erasure-key"
 EventKey = tuple[int, str]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MODES = {TouchType.IDENTITY_LINK: LINK, TouchType.IDENTITY_UNLINK: UNLINK}
+_RULES = {AUTO: "co_occurrence", LINK: "manual_link", UNLINK: "manual_unlink"}
 
 
 def _evidence_key(ev: _Evidence) -> EventKey:
     return ev.key
 
 
-def profile_id_for(event_id: str, ident: Identifier) -> str:
+def profile_id_for(event_id: str, ident: Identifier, shared: bool = False) -> str:
     """The id of a person first created by ``event_id`` around ``ident``.
 
     A hash, so the same events give the same ids on every replay and in every
     store, and no identifier value leaks into an id. SHA-1 over netstrings,
     because Redis scripts can compute exactly that (``redis.sha1hex``).
     """
-    parts = (event_id.encode(), ident.kind.encode(), ident.value.encode())
+    parts: tuple[bytes, ...] = (event_id.encode(), ident.kind.encode(), ident.value.encode())
+    if shared:  # the person of its own a shared identifier gets: never the id of the person it glued
+        parts += (b"shared",)
     payload = b"".join(b"%d:%s," % (len(part), part) for part in parts)
     return "p_" + hashlib.sha1(payload, usedforsecurity=False).hexdigest()[:20]
+
+
+def erasure_hash(key: bytes, ident: Identifier) -> str:
+    """The keyed hash an erased identifier is remembered by (HMAC-SHA256, 128 bits, hex).
+
+    Keyed, so that a copy of the store cannot be searched for a phone number by hashing every
+    possible number: without the key the hashes say nothing.
+    """
+    message = f"{ident.kind}\x1f{ident.value}".encode()
+    return hmac.new(key, message, "sha256").hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +128,7 @@ class Evidence:
     event_id: str
     source: str
     occurred_at: datetime
-    rule: str  # "co_occurrence" or "manual_link"
+    rule: str  # "co_occurrence", "manual_link" or "manual_unlink"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,11 +151,13 @@ class Conflict:
     profile_id: str
     other_profile_id: str
     identifier: Identifier
+    #: "limit_exceeded" (a per-kind limit) or "unlinked" (a manager said these are different people)
+    reason: str = "limit_exceeded"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "event_id": self.event_id,
-            "reason": "limit_exceeded",
+            "reason": self.reason,
             "kind": self.kind,
             "limit": self.limit,
             "profile_id": self.profile_id,
@@ -150,6 +174,8 @@ class ProfileChange(NamedTuple):
     event_id: str
     merged_from: tuple[str, ...] = ()
     split_from: tuple[str, ...] = ()
+    #: for a split: the identifiers this person took over from the persons in ``split_from``
+    moved: tuple[Identifier, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +184,7 @@ class ProfileChange(NamedTuple):
             "event_id": self.event_id,
             "merged_from": list(self.merged_from),
             "split_from": list(self.split_from),
+            "moved": [{"kind": i.kind, "value": i.value} for i in self.moved],
         }
 
 
@@ -166,11 +193,13 @@ class Match(NamedTuple):
 
     profile_id: str
     candidates: tuple[str, ...]
+    #: the identifier was found shared by several people (see :mod:`identity.shared`)
+    shared: bool = False
 
     @property
     def ambiguous(self) -> bool:
-        """More than one person claims the identifier (e.g. an office switchboard)."""
-        return len(self.candidates) > 1
+        """More than one person claims the identifier, or it is shared (e.g. an office switchboard)."""
+        return self.shared or len(self.candidates) > 1
 
 
 class ApplyResult(NamedTuple):
@@ -182,22 +211,28 @@ class ApplyResult(NamedTuple):
     changes: tuple[ProfileChange, ...] = ()
     conflicts: tuple[Conflict, ...] = ()
     rejected: tuple[Rejection, ...] = ()
+    #: identifiers this event made shared (their merges were split back)
+    shared: tuple[Identifier, ...] = ()
+
+
+Signature = tuple[frozenset[Identifier], int]
+_Holdings = dict[str, frozenset[Identifier]]  # profile id -> its identifiers
 
 
 class _Evidence:
-    """The earliest event that showed one set of identifiers together."""
+    """The earliest event that showed one set of identifiers together (or apart: ``mode``)."""
 
-    __slots__ = ("ids", "key", "manual", "touch")
+    __slots__ = ("ids", "key", "mode", "touch")
 
-    def __init__(self, key: EventKey, touch: Touch, ids: tuple[Identifier, ...], manual: bool) -> None:
+    def __init__(self, key: EventKey, touch: Touch, ids: tuple[Identifier, ...], mode: int) -> None:
         self.key = key
         self.touch = touch
         self.ids = ids  # distinct, strongest first
-        self.manual = manual
+        self.mode = mode  # identity.shared.AUTO, LINK or UNLINK
 
     @property
-    def signature(self) -> tuple[frozenset[Identifier], bool]:
-        return frozenset(self.ids), self.manual
+    def signature(self) -> Signature:
+        return frozenset(self.ids), self.mode
 
 
 class _Person:
@@ -217,7 +252,7 @@ class _Group:
 
     max_key: EventKey
     nodes: list[Identifier] = field(default_factory=list)
-    evidence: dict[tuple[frozenset[Identifier], bool], _Evidence] = field(default_factory=dict)
+    evidence: dict[Signature, _Evidence] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -232,9 +267,15 @@ class _Step:
 class IdentityGraph:
     """Identity resolution over an in-memory graph. Not thread-safe; no I/O."""
 
-    def __init__(self, policy: ResolutionPolicy | None = None, normalizer: Normalizer | None = None) -> None:
+    def __init__(
+        self,
+        policy: ResolutionPolicy | None = None,
+        normalizer: Normalizer | None = None,
+        erasure_key: bytes = DEFAULT_ERASURE_KEY,
+    ) -> None:
         self.policy = policy or ResolutionPolicy()
         self.normalizer = normalizer or Normalizer()
+        self._erasure_key = erasure_key
         self._owner: dict[Identifier, _Person] = {}
         self._persons: dict[str, _Person] = {}
         self._redirects: dict[str, str] = {}
@@ -250,6 +291,12 @@ class IdentityGraph:
         self._hsize: dict[Identifier, int] = {}
         self._ranks: dict[str, tuple[int, str]] = {}
         self._trust: dict[tuple[str, str], int] = {}
+        # constraints, a function of each group's evidence (recomputed when it replays)
+        self._shared: set[Identifier] = set()
+        self._apart: dict[Identifier, set[Identifier]] = {}
+        # erasure: keyed hash -> newest event key the erased person held; and the newest of those
+        self._erased: dict[str, EventKey] = {}
+        self._erase_max: EventKey = (-1, "")
         #: late events that made the graph replay an evidence group
         self.reorders = 0
         #: late events that brought no new structure and needed no replay
@@ -262,39 +309,55 @@ class IdentityGraph:
         eid = touch.event_id
         if eid in self._seen:
             return ApplyResult(eid, "duplicate", self._primary_of(touch))
-        if touch.type not in LINKING_TYPES:
+        if touch.type not in APPLIED_TYPES:
             raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
         accepted, rejected = self.normalizer.normalize_many(touch.identifiers)
         self._seen.add(eid)
         bad = tuple(rejected)
+        key = touch.key
+        if touch.type is TouchType.ERASE_REQUEST:
+            return self._erase(touch, accepted, bad)
+        if accepted and key <= self._erase_max:
+            accepted = [i for i in accepted if not self._erased_at(i, key)]
         if not accepted:
             return ApplyResult(eid, "unresolved", rejected=bad)
-        key = touch.key
-        manual = touch.type is TouchType.IDENTITY_LINK
+        mode = _MODES.get(touch.type, AUTO)
+        if mode == UNLINK:
+            event = _Evidence(key, touch, tuple(sorted(accepted, key=self._order)), mode)
+            roots = {self._find(i) for i in event.ids if i in self._parent}
+            return self._replay(event, roots, bad, self._status(roots, key))
         strongest = accepted[0] if len(accepted) == 1 else min(accepted, key=self._order)
         self._fold(touch, key, strongest)
         owner = self._owner
         person = owner.get(strongest)
-        if person is not None:
+        if person is not None and mode == AUTO:
             # The steady state: the identifiers are known. Often nothing structural can change.
             group = self._groups[self._find(strongest)]
-            signature = (frozenset(accepted), manual)
+            signature = (frozenset(accepted), mode)
             held = group.evidence.get(signature)
             if held is not None and held.key < key:
                 return ApplyResult(eid, "applied", person.id, (ProfileChange("updated", person.id, eid),), (), bad)
             if (held is not None or all(owner.get(i) is person for i in accepted)) and (
                 group.max_key < key or self._already_joined(accepted, key)
             ):
+                ordered = tuple(sorted(accepted, key=self._order))  # replays take identifiers strongest first
+                event = _Evidence(key, touch, ordered, mode)
+                root = self._find(strongest)
+                if held is None and self._shared_shift(event, {root}):
+                    return self._replay(event, {root}, bad, self._status({root}, key))
                 if group.max_key < key:
                     group.max_key = key
                 else:
                     self.late_without_replay += 1
-                ordered = tuple(sorted(accepted, key=self._order))  # replays take identifiers strongest first
-                group.evidence[signature] = _Evidence(key, touch, ordered, manual)
+                group.evidence[signature] = event
                 return ApplyResult(eid, "applied", person.id, (ProfileChange("updated", person.id, eid),), (), bad)
         ids = tuple(sorted(accepted, key=self._order))
-        event = _Evidence(key, touch, ids, manual)
+        event = _Evidence(key, touch, ids, mode)
         roots = {self._find(i) for i in ids if i in self._parent}
+        if mode == LINK and self._unlinked_among(ids):
+            return self._replay(event, roots, bad, self._status(roots, key))  # a newer link may lift an unlink
+        if self._new_signature(event, roots) and self._shared_shift(event, roots):
+            return self._replay(event, roots, bad, self._status(roots, key))
         if all(self._groups[r].max_key < key for r in roots):
             step = self._apply_in_order(event)
             self._record(event, roots)
@@ -304,7 +367,7 @@ class IdentityGraph:
             self._record(event, roots)
             primary = owner[ids[0]].id
             return ApplyResult(eid, "applied", primary, (ProfileChange("updated", primary, eid),), (), bad)
-        return self._replay(event, roots, bad)
+        return self._replay(event, roots, bad, "reordered")
 
     def apply_many(self, touches: Iterable[Touch]) -> list[ApplyResult]:
         return [self.apply(t) for t in touches]
@@ -312,7 +375,7 @@ class IdentityGraph:
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         """Apply touches in order (see :class:`identity.store.IdentityStore`)."""
         for touch in touches:
-            if touch.type not in LINKING_TYPES:
+            if touch.type not in APPLIED_TYPES:
                 raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
         return [self.apply(t) for t in touches]
 
@@ -332,12 +395,51 @@ class IdentityGraph:
         if person is None:
             return None
         owner = self._owner
+        records = self._groups[self._find(ident)].evidence.values()
+        if ident in self._shared:  # everyone it was seen with, on observed evidence
+            others = {
+                owner[other].id
+                for ev in records
+                if ev.mode == AUTO and ident in ev.ids
+                for other in ev.ids
+                if other != ident and other not in self._shared
+            }
+            others.discard(person.id)
+            holder = (person.id,) if len(person.nodes) > 1 else ()  # a person of its own is no one's
+            return Match(person.id, (*holder, *sorted(others)), shared=True)
         others = {
             home.id
-            for ev in self._groups[self._find(ident)].evidence.values()
-            if ev.ids[0] != ident and ident in ev.ids and (home := owner[ev.ids[0]]) is not person
+            for ev in records
+            if ev.mode != UNLINK and ev.ids[0] != ident and ident in ev.ids and (home := owner[ev.ids[0]]) is not person
         }
         return Match(person.id, (person.id, *sorted(others)))
+
+    def group_view(self, ident: Identifier) -> GroupView | None:
+        """The evidence group of an identifier, as :mod:`identity.explain` reads it."""
+        if ident not in self._parent:
+            return None
+        group = self._groups[self._find(ident)]
+        records = tuple(
+            EvidenceRecord(ev.ids, ev.mode, ev.touch.event_id, ev.touch.source, ev.touch.occurred_at.isoformat())
+            for ev in group.evidence.values()
+        )
+        owner = {n: self._owner[n].id for n in group.nodes}
+        shared = frozenset(n for n in group.nodes if n in self._shared)
+        apart = frozenset(frozenset((a, b)) for a in group.nodes for b in self._apart.get(a, ()))
+        return GroupView(records, owner, shared, apart)
+
+    def any_identifier(self, profile_id: str) -> Identifier | None:
+        """One identifier of a live or retired profile id (to find its evidence group)."""
+        live = self.resolve(profile_id)
+        return self._persons[live].nodes[0] if live is not None else None
+
+    def shared(self) -> frozenset[Identifier]:
+        """The identifiers found shared by several people (they link nothing)."""
+        return frozenset(self._shared)
+
+    def is_erased(self, ident: Identifier) -> bool:
+        """Was this identifier erased (and not seen again since)?"""
+        return ident not in self._owner and erasure_hash(self._erasure_key, ident) in self._erased
 
     def resolve(self, profile_id: str) -> str | None:
         """The live id for a profile id, following redirects of retired ids."""
@@ -373,7 +475,7 @@ class IdentityGraph:
         group = self._groups[self._find(self._persons[live].nodes[0])]
         out: list[Evidence] = []
         for ev in sorted(group.evidence.values(), key=_evidence_key):
-            rule = "manual_link" if ev.manual else "co_occurrence"
+            rule = _RULES[ev.mode]
             touch = ev.touch
             out.extend(
                 Evidence(ev.ids[0], other, touch.event_id, touch.source, touch.occurred_at, rule)
@@ -427,47 +529,79 @@ class IdentityGraph:
     def _apply_in_order(self, event: _Evidence) -> _Step:
         step = _Step()
         owner = self._owner
+        mode = event.mode
+        if mode == UNLINK:  # a statement that these are different people: it links nothing
+            for ident in event.ids:
+                if ident not in owner:
+                    self._new_person(event, ident, step)
+            return step
+        manual = mode == LINK
+        shared = self._shared
         acc: _Person | None = None
         fresh: list[Identifier] = []
         refused_ids: set[str] = set()  # one conflict per refused person, not per identifier of it
         for ident in event.ids:
             person = owner.get(ident)
+            if not manual and ident in shared:  # links nothing; a person of its own
+                if person is None:
+                    self._new_person(event, ident, step, shared=True)
+                continue
             if person is None:
                 fresh.append(ident)
             elif acc is None:
                 acc = person
             elif person is not acc and person.id not in refused_ids:
-                refused = None if event.manual else self._refusal(acc, person)
+                if self._apart and self._apart_between(acc, person):
+                    refused: tuple[str, int, str] | None = (ident.kind, 0, "unlinked")
+                else:
+                    refused = None if manual else self._refusal(acc, person)
                 if refused is None:
                     acc = self._merge(acc, person, step, event.key)
                 else:
-                    kind, limit = refused
+                    kind, limit, reason = refused
                     refused_ids.add(person.id)
-                    step.conflicts.append(Conflict(event.key[1], kind, limit, acc.id, person.id, ident))
+                    step.conflicts.append(Conflict(event.key[1], kind, limit, acc.id, person.id, ident, reason))
         limits = self.policy.limits
+        apart = self._apart
         for ident in fresh:
-            if acc is None:
-                acc = self._new_person(event, ident, step)
+            if acc is None:  # named after the event's strongest identifier even if that is shared now,
+                acc = self._new_person(event, ident, step, named_by=event.ids[0])  # so a split keeps the id
                 continue
             cap = limits.get(ident.kind)
-            if event.manual or cap is None or acc.counts.get(ident.kind, 0) < cap:
+            if apart and any(owner.get(m) is acc for m in apart.get(ident, ())):
+                other = self._new_person(event, ident, step)
+                step.conflicts.append(Conflict(event.key[1], ident.kind, 0, acc.id, other.id, ident, "unlinked"))
+            elif manual or cap is None or acc.counts.get(ident.kind, 0) < cap:
                 self._add_node(acc, ident, event.key)
             else:
                 other = self._new_person(event, ident, step)
                 step.conflicts.append(Conflict(event.key[1], ident.kind, cap, acc.id, other.id, ident))
         return step
 
-    def _refusal(self, a: _Person, b: _Person) -> tuple[str, int] | None:
+    def _apart_between(self, a: _Person, b: _Person) -> bool:
+        """Did a manager say a node of ``a`` and a node of ``b`` are different people?"""
+        small, big = (a, b) if len(a.nodes) <= len(b.nodes) else (b, a)
+        owner, apart = self._owner, self._apart
+        return any(owner.get(m) is big for n in small.nodes for m in apart.get(n, ()))
+
+    def _refusal(self, a: _Person, b: _Person) -> tuple[str, int, str] | None:
         """The first kind (alphabetically) that both hold and would exceed its limit together."""
         limits = self.policy.limits
         for kind in sorted(a.counts.keys() & b.counts.keys()):
             limit = limits.get(kind)
             if limit is not None and a.counts[kind] + b.counts[kind] > limit:
-                return kind, limit
+                return kind, limit, "limit_exceeded"
         return None
 
-    def _new_person(self, event: _Evidence, ident: Identifier, step: _Step) -> _Person:
-        person = _Person(profile_id_for(event.key[1], ident), event.key, ident)
+    def _new_person(
+        self,
+        event: _Evidence,
+        ident: Identifier,
+        step: _Step,
+        named_by: Identifier | None = None,
+        shared: bool = False,
+    ) -> _Person:
+        person = _Person(profile_id_for(event.key[1], named_by or ident, shared), event.key, ident)
         self._persons[person.id] = person
         self._redirects.pop(person.id, None)
         self._hparent[ident] = ident
@@ -556,15 +690,60 @@ class IdentityGraph:
             group.evidence[signature] = event
         group.max_key = max(group.max_key, event.key)
 
-    def _replay(self, event: _Evidence, roots: set[Identifier], rejected: tuple[Rejection, ...]) -> ApplyResult:
-        """Re-resolve the evidence groups an out-of-order event touches, in canonical order."""
-        self.reorders += 1
+    # ------------------------------------------------------------------ constraints and replays
+
+    def _status(self, roots: set[Identifier], key: EventKey) -> Status:
+        return "applied" if all(self._groups[r].max_key < key for r in roots) else "reordered"
+
+    def _new_signature(self, event: _Evidence, roots: set[Identifier]) -> bool:
+        signature = event.signature
+        return all(signature not in self._groups[r].evidence for r in roots)
+
+    def _shared_shift(self, event: _Evidence, roots: set[Identifier]) -> bool:
+        """Would filing this new evidence change which identifiers of its group are shared?"""
+        groups = [self._groups[r] for r in roots]
+        records = [(ev.ids, ev.mode) for g in groups for ev in g.evidence.values()]
+        records.append((event.ids, event.mode))
+        now = shared_identifiers(records, self.policy)
+        if not self._shared:
+            return bool(now)
+        before = {n for g in groups for n in g.nodes if n in self._shared}
+        return now != before
+
+    def _unlinked_among(self, ids: Sequence[Identifier]) -> bool:
+        apart = self._apart
+        return bool(apart) and any(other in ids for i in ids for other in apart.get(i, ()))
+
+    def _constrain(self, records: Iterable[_Evidence], nodes: Iterable[Identifier]) -> frozenset[Identifier]:
+        """Recompute the shared identifiers and the unlinked pairs of a group from its evidence."""
+        records = list(records)
+        for node in nodes:
+            self._shared.discard(node)
+            self._apart.pop(node, None)
+        shared = shared_identifiers([(ev.ids, ev.mode) for ev in records], self.policy)
+        self._shared |= shared
+        links = [ev for ev in records if ev.mode == LINK]
+        for ev in records:
+            if ev.mode != UNLINK:
+                continue
+            for i, a in enumerate(ev.ids):
+                for b in ev.ids[i + 1 :]:
+                    # a manager's newer statement that they are one person lifts this one
+                    if not any(link.key > ev.key and a in link.ids and b in link.ids for link in links):
+                        self._apart.setdefault(a, set()).add(b)
+                        self._apart.setdefault(b, set()).add(a)
+        return shared
+
+    def _erased_at(self, ident: Identifier, key: EventKey) -> bool:
+        """Was ``ident`` erased with data as new as ``key`` (so this event must not bring it back)?"""
+        erased = self._erased.get(erasure_hash(self._erasure_key, ident))
+        return erased is not None and key <= erased
+
+    def _unfile(self, roots: set[Identifier]) -> tuple[list[Identifier], dict[Signature, _Evidence], _Holdings]:
+        """Take evidence groups apart: their nodes, their records and who held what before."""
         groups = [self._groups.pop(r) for r in roots]
         nodes = [n for g in groups for n in g.nodes]
         records = {sig: ev for g in groups for sig, ev in g.evidence.items()}
-        held = records.get(event.signature)
-        if held is None or event.key < held.key:
-            records[event.signature] = event
         before: dict[str, frozenset[Identifier]] = {}
         for node in nodes:
             person = self._owner.pop(node)
@@ -574,26 +753,93 @@ class IdentityGraph:
             del self._parent[node], self._born[node], self._hparent[node]
             self._hkey.pop(node, None)
             self._hsize.pop(node, None)
+        return nodes, records, before
+
+    def _refile(self, records: Iterable[_Evidence], event: _Evidence | None) -> list[Conflict]:
+        """Apply records in canonical order; the conflicts of ``event``."""
         conflicts: list[Conflict] = []
-        for ev in sorted(records.values(), key=_evidence_key):
+        for ev in sorted(records, key=_evidence_key):
             step = self._apply_in_order(ev)
             self._record(ev, {self._find(i) for i in ev.ids if i in self._parent})
             if ev is event:
                 conflicts = step.conflicts
+        return conflicts
+
+    def _replay(
+        self, event: _Evidence, roots: set[Identifier], rejected: tuple[Rejection, ...], status: Status
+    ) -> ApplyResult:
+        """Re-resolve the evidence groups an event touches, in canonical order, under their constraints."""
+        if status == "reordered":
+            self.reorders += 1
+        nodes, records, before = self._unfile(roots)
+        held = records.get(event.signature)
+        if held is None or event.key < held.key:
+            records[event.signature] = event
+        was_shared = {n for n in (*nodes, *event.ids) if n in self._shared}
+        shared = self._constrain(records.values(), (*nodes, *event.ids))
+        conflicts = self._refile(records.values(), event)
         after: dict[str, frozenset[Identifier]] = {}
         for node in (*nodes, *event.ids):
             person = self._owner[node]
             if person.id not in after:
                 after[person.id] = frozenset(person.nodes)
-        changes = self._diff(before, after, event)
+        changes = self._diff(before, after, event.key[1], self._owner[event.ids[0]].id)
         primary = self._owner[event.ids[0]].id
-        return ApplyResult(event.key[1], "reordered", primary, changes, self._live(conflicts), rejected)
+        newly = tuple(sorted(shared - was_shared))
+        return ApplyResult(event.key[1], status, primary, changes, self._live(conflicts), rejected, newly)
+
+    def _erase(self, touch: Touch, accepted: Sequence[Identifier], rejected: tuple[Rejection, ...]) -> ApplyResult:
+        """Delete every identifier, touch and attribute of the persons holding these identifiers."""
+        eid, key = touch.event_id, touch.key
+        if not accepted:
+            return ApplyResult(eid, "unresolved", rejected=rejected)
+        targets = {self._owner[i].id: self._owner[i] for i in accepted if i in self._owner}
+        erased = {*accepted, *(n for p in targets.values() for n in p.nodes)}
+        roots = {self._find(n) for n in erased if n in self._parent}
+        nodes, records, before = self._unfile(roots)
+        # remembered as of the newest thing erased, so that no replayed older event brings it back
+        newest = key
+        for ev in records.values():
+            if ev.key > newest and not erased.isdisjoint(ev.ids):
+                newest = ev.key
+        for node in erased:
+            agg = self._aggs.pop(node, None)
+            if agg is not None and agg.last is not None and agg.last[0] > newest:
+                newest = agg.last[0]
+        for node in erased:
+            digest = erasure_hash(self._erasure_key, node)
+            self._erased[digest] = max(self._erased.get(digest, newest), newest)
+        self._erase_max = max(self._erase_max, newest)
+        kept: dict[Signature, _Evidence] = {}
+        for record in records.values():
+            ev = record
+            if not erased.isdisjoint(ev.ids):  # keep what it showed about the others, nothing of the erased
+                ids = tuple(i for i in ev.ids if i not in erased)
+                if not ids:
+                    continue
+                ev = _Evidence(ev.key, replace(ev.touch, identifiers=(), attributes={}), ids, ev.mode)
+            held = kept.get(ev.signature)
+            if held is None or ev.key < held.key:
+                kept[ev.signature] = ev
+        remaining = [n for n in nodes if n not in erased]
+        self._constrain(kept.values(), nodes)
+        self._refile(kept.values(), None)
+        others = {pid: ids for pid, ids in before.items() if pid not in targets}  # every node of a target is erased
+        after: dict[str, frozenset[Identifier]] = {}
+        for node in remaining:
+            person = self._owner[node]
+            if person.id not in after:
+                after[person.id] = frozenset(person.nodes)
+        changes = [ProfileChange("erased", pid, eid) for pid in sorted(targets)]
+        changes.extend(self._diff(others, after, eid, None))
+        return ApplyResult(eid, "applied", None, tuple(changes), (), rejected)
 
     def _diff(
         self,
         before: dict[str, frozenset[Identifier]],
         after: dict[str, frozenset[Identifier]],
-        event: _Evidence,
+        eid: str,
+        primary: str | None,
     ) -> tuple[ProfileChange, ...]:
         old_owner = {n: pid for pid, nodes in before.items() for n in nodes}
         home: dict[str, str] = {}
@@ -606,7 +852,6 @@ class IdentityGraph:
                 shares[new_pid] = shares.get(new_pid, 0) + 1
             home[pid] = min(shares, key=lambda p: (-shares[p], p))
             self._redirects[pid] = home[pid]
-        primary = self._owner[event.ids[0]].id
         changes = []
         for pid in sorted(after):
             nodes = after[pid]
@@ -626,7 +871,10 @@ class IdentityGraph:
                 kind = "updated"
             else:
                 continue
-            changes.append(ProfileChange(kind, pid, event.key[1], merged_from, split_from))
+            moved: tuple[Identifier, ...] = ()
+            if kind == "split":
+                moved = tuple(sorted(n for n in nodes if n in old_owner and old_owner[n] != pid))
+            changes.append(ProfileChange(kind, pid, eid, merged_from, split_from, moved))
         return tuple(changes)
 
     # ------------------------------------------------------------------ output

@@ -14,6 +14,9 @@ __all__ = [
     "DEFAULT_LEAD_POINTS",
     "DEFAULT_LIMITS",
     "DEFAULT_LOST_STAGES",
+    "DEFAULT_PERSONAL_KINDS",
+    "DEFAULT_SHARED_CLUSTERS",
+    "DEFAULT_SHARED_PERSONS",
     "DEFAULT_TYPE_TRUST",
     "DEFAULT_WON_STAGES",
     "ResolutionPolicy",
@@ -42,6 +45,22 @@ DEFAULT_LIMITS: Mapping[str, int] = MappingProxyType(
         "ga_client_id": 25,
     }
 )
+
+#: Kinds that say who a person is (a cluster holding one is a *person*, not just a device).
+DEFAULT_PERSONAL_KINDS: frozenset[str] = frozenset({"crm_contact_id", "email", "phone", "messenger_id"})
+
+#: Shared-identifier detection (see :mod:`identity.shared`): a value of a listed kind is *shared* when the
+#: identifiers seen with it fall, without it, into more than this many distinct persons (clusters holding
+#: a personal kind). A phone with two people behind it (a family phone, a switchboard) is shared; an
+#: e-mail needs three (people keep one address across phones more often than they share one).
+DEFAULT_SHARED_PERSONS: Mapping[str, int] = MappingProxyType(
+    {"phone": 1, "email": 2, "messenger_id": 1, "ga_client_id": 1, "ym_client_id": 1}
+)
+
+#: ...or, for a value no person ever gave beside a personal identifier of theirs (a caller id seen only
+#: on calls), into more than this many clusters of any kind: a caller id that three unrelated browsing
+#: sessions called from is a switchboard, not a person's own phone.
+DEFAULT_SHARED_CLUSTERS: Mapping[str, int] = MappingProxyType({"phone": 1})
 
 #: Attribute survivorship: a higher number beats a lower one, then recency decides.
 DEFAULT_TYPE_TRUST: Mapping[str, int] = MappingProxyType(
@@ -104,12 +123,19 @@ class ResolutionPolicy:
     #: Deal stages that mean won and lost; a deal in any other stage is open.
     won_stages: frozenset[str] = DEFAULT_WON_STAGES
     lost_stages: frozenset[str] = DEFAULT_LOST_STAGES
+    #: Shared-identifier thresholds (see :data:`DEFAULT_SHARED_PERSONS`); a kind in neither map is never shared.
+    shared_persons: Mapping[str, int] = field(default_factory=lambda: DEFAULT_SHARED_PERSONS)
+    shared_clusters: Mapping[str, int] = field(default_factory=lambda: DEFAULT_SHARED_CLUSTERS)
+    personal_kinds: frozenset[str] = DEFAULT_PERSONAL_KINDS
     _point_rules: tuple[tuple[str, str | None, str | None, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for kind, limit in self.limits.items():
             if limit < 1:
                 raise ConfigurationError(f"limit for {kind!r} must be at least 1, got {limit}")
+        for kind, limit in (*self.shared_persons.items(), *self.shared_clusters.items()):
+            if limit < 1:
+                raise ConfigurationError(f"shared threshold for {kind!r} must be at least 1, got {limit}")
         if self.recent_touches < 0:
             raise ConfigurationError("recent_touches must not be negative")
         for name, trust in (*self.type_trust.items(), *self.source_trust.items()):

@@ -35,8 +35,10 @@ from identity import (
     TransientError,
     UnsupportedEvent,
 )
+from identity.explain import EvidenceRecord, GroupView
 from identity.golden import contribution, render
-from identity.touch import LINKING_TYPES, TouchType, key_text
+from identity.graph import APPLIED_TYPES, DEFAULT_ERASURE_KEY, erasure_hash
+from identity.touch import TouchType, key_text
 
 __all__ = [
     "KEY_NAMES",
@@ -51,17 +53,18 @@ __all__ = [
 #: The hashes (and one set) that hold a graph, in the order the script takes them.
 KEY_NAMES: Final = (
     "seen", "owner", "person", "pidx", "redirect", "gparent", "group", "ev",
-    "born", "hparent", "hkey", "hsize", "agg", "meta",
+    "born", "hparent", "hkey", "hsize", "agg", "meta", "shared", "apart", "erased",
 )  # fmt: skip
 
 # Separators of the stored records (identifier values and event ids never contain control characters):
 # RS between fields, GS between list items, FS between an identifier's kind and value, and the
-# signature of an identifier set ("0"/"1" for manual, SIG_FLAG, nodes joined by SIG_SEP).
+# signature of an identifier set (its mode "0" auto, "1" link, "2" unlink, SIG_FLAG, nodes joined by SIG_SEP).
 RS, GS, FS = "\x1e", "\x1d", "\x1f"
 SIG_FLAG, SIG_SEP = "\x1c", "\x1b"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MODES: Final = {TouchType.IDENTITY_LINK: 1, TouchType.IDENTITY_UNLINK: 2}
 
 
 def _script(name: str) -> str:
@@ -73,7 +76,7 @@ def _script(name: str) -> str:
 _RESOLVE_LUA = _script("resolve.lua")
 #: One person (by identifier or by profile id) in one round trip: see the script's header.
 READ_LUA: Final = _script("read.lua")
-READ_KEY_NAMES: Final = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "agg")
+READ_KEY_NAMES: Final = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "agg", "shared")
 _SNAPSHOT_LUA = _script("snapshot.lua")
 
 
@@ -101,7 +104,7 @@ class Snapshot(NamedTuple):
 
     profiles: dict[str, dict[str, Any]]  # live id -> golden profile
     live: dict[str, str]  # requested id -> live id
-    last_version: int  # versions last - len(profiles) + 1 .. last belong to these profiles
+    last_version: int  # versions last - len(profiles) + 1 .. last belong to these profiles (then the extra ones)
 
 
 class Found(NamedTuple):
@@ -110,6 +113,11 @@ class Found(NamedTuple):
     profile_id: str
     profile: dict[str, Any]
     candidates: tuple[str, ...]
+    shared: bool = False  # the identifier was found shared by several people
+
+    @property
+    def ambiguous(self) -> bool:
+        return self.shared or len(self.candidates) > 1
 
 
 def node_of(ident: Identifier) -> str:
@@ -138,10 +146,14 @@ def parse_read(raw: Any, policy: ResolutionPolicy) -> Found | None:
     """The answer of the read script (``streams/lua/read.lua``) as a :class:`Found`."""
     if not raw:
         return None
-    record, aggs, contesting = raw
+    record, aggs, contesting, shared = raw
     pid, created, nodes = _person(record)
     others = sorted({_text(c) for c in _list(contesting)} - {pid})
-    return Found(pid, render_person(policy, pid, created, nodes, _list(aggs)), (pid, *others))
+    profile = render_person(policy, pid, created, nodes, _list(aggs))
+    if shared:
+        holder = (pid,) if len(nodes) > 1 else ()  # a person of its own is no one's
+        return Found(pid, profile, (*holder, *others), shared=True)
+    return Found(pid, profile, (pid, *others))
 
 
 def _list(value: Any) -> list[Any]:
@@ -158,6 +170,7 @@ class RedisIdentityStore:
         policy: ResolutionPolicy | None = None,
         normalizer: Normalizer | None = None,
         prefix: str = "idstream",
+        erasure_key: bytes = DEFAULT_ERASURE_KEY,
     ) -> None:
         if not _PREFIX.fullmatch(prefix):
             raise ConfigurationError(f"redis key prefix {prefix!r} must be 1-64 of letters, digits and _.:-")
@@ -177,20 +190,26 @@ class RedisIdentityStore:
                 "limits": dict(self.policy.limits),
                 "anchors": sorted(self.policy.anchor_kinds),
                 "keep": self.policy.recent_touches,
+                "sp": dict(self.policy.shared_persons),
+                "sc": dict(self.policy.shared_clusters),
+                "pk": sorted(self.policy.personal_kinds),
+                "prio": list(self.policy.kind_priority),
             }
         )
+        self._erasure_key = erasure_key
+        self._erase_max = ""  # the last erasure's key as this process last saw it (the script has the truth)
         self._ranks: dict[str, tuple[int, str]] = {}
 
     # ------------------------------------------------------------------ writing
 
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
-        """Apply touches in order, in one atomic script call."""
+        """Apply touches in order: one atomic script call, or one per stretch between erasures."""
         if not touches:
             return []
-        items = []
+        items: list[dict[str, Any]] = []
         rejected: list[tuple[Rejection, ...]] = []
         for touch in touches:
-            if touch.type not in LINKING_TYPES:
+            if touch.type not in APPLIED_TYPES:
                 raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
             key = touch.key
             if key[0] < 0:
@@ -200,27 +219,75 @@ class RedisIdentityStore:
             accepted, bad = self.normalizer.normalize_many(touch.identifiers)
             rejected.append(tuple(bad))
             ids = sorted(accepted, key=self._order)
-            manual = touch.type is TouchType.IDENTITY_LINK
             nodes = [_node(i) for i in ids]
+            if touch.type is TouchType.ERASE_REQUEST and nodes:
+                items.append({"op": "erase", "e": touch.event_id, "k": key_text(key), "ids": nodes})
+                continue
+            mode = _MODES.get(touch.type, 0)
             items.append(
                 {
                     "e": touch.event_id,
                     "k": key_text(key),
-                    "m": manual,
+                    "m": mode,
                     "ids": nodes,
-                    "sig": ("1" if manual else "0") + SIG_FLAG + SIG_SEP.join(sorted(nodes)),
+                    "sig": str(mode) + SIG_FLAG + SIG_SEP.join(sorted(nodes)),
                     "c": contribution(
                         touch, key, self.policy.trust(touch.type, touch.source), self.policy.points(touch)
                     ),
                     "x": json.dumps({"source": touch.source, "occurred_at": touch.occurred_at.isoformat()}),
                 }
             )
+        outs: list[dict[str, Any]] = []
+        start = 0
+        for i, item in enumerate(items):  # an erasure runs alone, between the stretches before and after it
+            if item.get("op") == "erase":
+                if start < i:
+                    outs.extend(self._run(items[start:i]))
+                outs.extend(self._run_erasure(item))
+                start = i + 1
+        if start < len(items):
+            outs.extend(self._run(items[start:]))
+        return [self._result(t.event_id, out, bad) for t, out, bad in zip(touches, outs, rejected, strict=True)]
+
+    def _hash(self, node: str) -> str:
+        return erasure_hash(self._erasure_key, _ident(node))
+
+    def _call(self, items: list[dict[str, Any]]) -> Any:
         try:
             raw = self._resolve(keys=self.keys, args=[self._policy_json, json.dumps(items, ensure_ascii=False)])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise TransientError(f"redis unavailable: {exc}") from exc
-        outs = json.loads(raw)
-        return [self._result(t.event_id, out, bad) for t, out, bad in zip(touches, outs, rejected, strict=True)]
+        return json.loads(raw)
+
+    def _run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply a stretch of events; events not newer than the last erasure carry their identifiers' hashes."""
+        for _ in range(3):
+            for item in items:
+                if "h" not in item and self._erase_max and item["k"] <= self._erase_max:
+                    item["h"] = {node: self._hash(node) for node in item["ids"]}
+            out = self._call(items)
+            if isinstance(out, list):
+                return out
+            self._erase_max = out["stale"]  # another worker erased something since: hash and try again
+        raise TransientError("the last erasure kept moving while a batch was applied")
+
+    def _run_erasure(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """Read who holds the requested identifiers, hash everything of theirs, erase it if nothing changed."""
+        for _ in range(5):
+            erased = set(item["ids"])
+            handles = [h for h in self.client.hmget(self._key["owner"], item["ids"]) if h is not None]
+            for raw in self.client.hmget(self._key["person"], handles) if handles else []:
+                if raw is not None:
+                    erased.update(_person(raw)[2])
+            item["nodes"] = sorted(erased)
+            item["h"] = {node: self._hash(node) for node in item["nodes"]}
+            out = self._call([item])
+            if isinstance(out, list):
+                self._erase_max = max(self._erase_max, item["k"])
+                return out
+            if "stale" in out:
+                self._erase_max = out["stale"]
+        raise TransientError("the persons to erase kept changing while the erasure was prepared")
 
     def apply(self, touch: Touch) -> ApplyResult:
         return self.apply_batch([touch])[0]
@@ -236,14 +303,22 @@ class RedisIdentityStore:
 
     def _result(self, eid: str, out: dict[str, Any], rejected: tuple[Rejection, ...]) -> ApplyResult:
         changes = [
-            ProfileChange(kind, pid, eid, tuple(_list(merged_from)), tuple(_list(split_from)))
-            for kind, pid, merged_from, split_from in _list(out.get("ch"))
+            ProfileChange(
+                change[0],
+                change[1],
+                eid,
+                tuple(_list(change[2])),
+                tuple(_list(change[3])),
+                tuple(_ident(n) for n in _list(change[4])) if len(change) > 4 else (),
+            )
+            for change in _list(out.get("ch"))
         ]
         conflicts = tuple(
-            Conflict(eid, kind, int(limit), pid, other, _ident(node))
-            for kind, limit, pid, other, node in _list(out.get("cf"))
+            Conflict(eid, kind, int(limit), pid, other, _ident(node), reason)
+            for kind, limit, pid, other, node, reason in _list(out.get("cf"))
         )
-        return ApplyResult(eid, out["s"], out.get("p"), tuple(changes), conflicts, rejected)
+        shared = tuple(_ident(n) for n in _list(out.get("sh")))
+        return ApplyResult(eid, out["s"], out.get("p"), tuple(changes), conflicts, rejected, shared)
 
     # ------------------------------------------------------------------ reading
 
@@ -256,7 +331,68 @@ class RedisIdentityStore:
 
     def match(self, ident: Identifier) -> Match | None:
         found = self.read_identifier(ident)
-        return Match(found.profile_id, found.candidates) if found else None
+        return Match(found.profile_id, found.candidates, found.shared) if found else None
+
+    def group_view(self, ident: Identifier) -> GroupView | None:
+        """The evidence group of an identifier, as :mod:`identity.explain` reads it (a few round trips)."""
+        key = self._key
+        root = _node(ident)
+        if not self.client.hexists(key["gparent"], root):
+            return None
+        for _ in range(10_000):
+            up = _text(self.client.hget(key["gparent"], root) or root)
+            if up == root:
+                break
+            root = up
+        _max, nodes_raw, sigs_raw = _text(self.client.hget(key["group"], root) or "").split(RS)
+        nodes = nodes_raw.split(GS) if nodes_raw else []
+        sigs = sigs_raw.split(GS) if sigs_raw else []
+        records = []
+        for raw in self.client.hmget(key["ev"], sigs) if sigs else []:
+            ktext, mode, ids, meta = _text(raw or "").split(RS)
+            info = json.loads(meta)
+            records.append(
+                EvidenceRecord(
+                    tuple(_ident(n) for n in ids.split(GS)),
+                    int(mode),
+                    ktext.split("|", 1)[1],
+                    info["source"],
+                    info["occurred_at"],
+                )
+            )
+        handles = [_text(h or "") for h in self.client.hmget(key["owner"], nodes)]
+        distinct = sorted(set(handles))
+        records_raw = self.client.hmget(key["person"], distinct) if distinct else []
+        pids = {h: _person(r or "")[0] for h, r in zip(distinct, records_raw, strict=True)}
+        owner = {_ident(n): pids[h] for n, h in zip(nodes, handles, strict=True)}
+        flags = self.client.hmget(key["shared"], nodes)
+        shared = frozenset(_ident(n) for n, f in zip(nodes, flags, strict=True) if f)
+        apart = frozenset(
+            frozenset((_ident(n), _ident(m)))
+            for n, raw in zip(nodes, self.client.hmget(key["apart"], nodes), strict=True)
+            if raw
+            for m in _text(raw).split(GS)
+        )
+        return GroupView(tuple(records), owner, shared, apart)
+
+    def any_identifier(self, profile_id: str) -> Identifier | None:
+        """One identifier of a live or retired profile id (to find its evidence group)."""
+        live = self.resolve(profile_id)
+        handle = self.client.hget(self._key["pidx"], live) if live else None
+        record = self.client.hget(self._key["person"], handle) if handle else None
+        nodes = _person(record)[2] if record else []
+        return _ident(nodes[0]) if nodes else None
+
+    def shared(self) -> frozenset[Identifier]:
+        """The identifiers found shared by several people (they link nothing)."""
+        return frozenset(_ident(_text(n)) for n in self.client.hkeys(self._key["shared"]))
+
+    def is_erased(self, ident: Identifier) -> bool:
+        """Was this identifier erased (and not seen again since)?"""
+        node = _node(ident)
+        return not self.client.hexists(self._key["owner"], node) and bool(
+            self.client.hexists(self._key["erased"], self._hash(node))
+        )
 
     def read_identifier(self, ident: Identifier) -> Found | None:
         """The person holding an identifier, its profile and the persons contesting it: one round trip."""
@@ -284,13 +420,16 @@ class RedisIdentityStore:
         aggs = self.client.hmget(self._key["agg"], nodes) if nodes else []
         return render_person(self.policy, pid, created, nodes, aggs)
 
-    def snapshot(self, profile_ids: Sequence[str]) -> Snapshot:
-        """The live profiles of these ids and their update versions, read in one atomic script call."""
-        if not profile_ids:
+    def snapshot(self, profile_ids: Sequence[str], extra_versions: int = 0) -> Snapshot:
+        """The live profiles of these ids and their update versions, read in one atomic script call.
+
+        ``extra_versions`` more versions are reserved after the profiles' (for erased profiles).
+        """
+        if not profile_ids and not extra_versions:
             return Snapshot({}, {}, 0)
         keys = [self._key[name] for name in ("pidx", "person", "redirect", "agg", "meta")]
         try:
-            last, pairs, records = self._snapshot(keys=keys, args=list(profile_ids))
+            last, pairs, records = self._snapshot(keys=keys, args=[extra_versions, *profile_ids])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise TransientError(f"redis unavailable: {exc}") from exc
         live = {_text(requested): _text(pid) for requested, pid in _list(pairs)}
@@ -298,7 +437,7 @@ class RedisIdentityStore:
         for record, aggs in _list(records):
             pid, created, nodes = _person(record)
             profiles[pid] = render_person(self.policy, pid, created, nodes, _list(aggs))
-        return Snapshot(profiles, live, int(last))
+        return Snapshot(profiles, live, int(last) - extra_versions)
 
     def unfired(self, trigger_ids: Sequence[str]) -> set[str]:
         """The trigger ids not marked as fired yet."""

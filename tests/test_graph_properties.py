@@ -24,16 +24,17 @@ POOL: list[tuple[str, str]] = [
     ("ym_client_id", "1700000000001"), ("ym_client_id", "1700000000002"), ("phone", "12"),
 ]  # fmt: skip
 
-TYPES = ["site_visit", "call", "form_submit", "crm_stage", "identity_link"]
+TYPES = ["site_visit", "call", "form_submit", "crm_stage", "identity_link", "identity_unlink"]
+MANUAL = ("identity_link", "identity_unlink")
 
 
 @st.composite
-def events(draw: st.DrawFn, max_events: int = 25) -> list[Touch]:
+def events(draw: st.DrawFn, max_events: int = 25, types: list[str] = TYPES) -> list[Touch]:
     n = draw(st.integers(1, max_events))
     out = []
     for i in range(n):
-        kind = draw(st.sampled_from(TYPES))
-        idents = draw(st.lists(st.sampled_from(POOL), min_size=2 if kind == "identity_link" else 1, max_size=4))
+        kind = draw(st.sampled_from(types))
+        idents = draw(st.lists(st.sampled_from(POOL), min_size=2 if kind in MANUAL else 1, max_size=4))
         out.append(
             touch(
                 f"e{i}",
@@ -94,11 +95,11 @@ def test_arrival_order_and_redelivery_do_not_change_the_result(
 
 
 def random_events(rng: random.Random, n: int) -> list[Touch]:
-    kinds = ["site_visit", "call", "form_submit", "identity_link"]
+    kinds = ["site_visit", "call", "form_submit", "identity_link", "identity_unlink"]
     out = []
     for i in range(n):
         kind = rng.choice(kinds)
-        idents = [rng.choice(POOL) for _ in range(rng.randint(2 if kind == "identity_link" else 1, 4))]
+        idents = [rng.choice(POOL) for _ in range(rng.randint(2 if kind in MANUAL else 1, 4))]
         out.append(touch(f"e{i}", rng.randint(0, 20), *idents, type=kind, attributes={"project": rng.choice("AB")}))
     return out
 

@@ -5,24 +5,36 @@
 -- shares one hash tag, so the script is Cluster-legal. Identifier values only ever appear as hash
 -- *fields* and values, never in key names or code.
 --
--- KEYS: seen owner person pidx redirect gparent group ev born hparent hkey hsize agg meta
--- ARGV[1]: policy JSON {"limits": {kind: n}, "anchors": [kind], "keep": n}
--- ARGV[2]: batch JSON [{"e": event_id, "k": key, "m": manual, "ids": [node, strongest first],
---                      "sig": signature, "c": contribution, "x": evidence meta JSON}]
+-- KEYS: seen owner person pidx redirect gparent group ev born hparent hkey hsize agg meta shared apart erased
+-- ARGV[1]: policy JSON {"limits": {kind: n}, "anchors": [kind], "keep": n, "sp": {kind: n}, "sc": {kind: n},
+--                       "pk": [personal kind], "prio": [kind, strongest first]}
+-- ARGV[2]: batch JSON [{"e": event_id, "k": key, "m": mode (0 auto, 1 link, 2 unlink), "ids": [node, strongest
+--                      first], "sig": signature, "c": contribution, "x": evidence meta JSON, "h": {node: keyed hash}
+--                      (only when the event is not newer than the last erasure)}]
+--          or one erasure [{"op": "erase", "e", "k", "ids": [requested node], "nodes": [every node to erase],
+--                          "h": {node: keyed hash}}]
 -- Nodes are "kind\31value". Keys and ranks compare as bytes (see identity.touch.key_text).
--- Returns JSON [{"s": status, "p": profile id, "ch": [[kind, pid, merged_from, split_from]],
---                "cf": [[kind, limit, pid, other_pid, node]]}]
+-- Returns JSON [{"s": status, "p": profile id, "ch": [[kind, pid, merged_from, split_from, moved]],
+--                "cf": [[kind, limit, pid, other_pid, node, reason]], "sh": [newly shared node]}]
+--         or {"stale": erase_max} when an event older than the last erasure came without hashes (nothing written)
+--         or {"retry": true} when the persons to erase changed since they were read (nothing written)
 
 local FS = "\31" -- RS and GS come from common.lua
+local SIG_FLAG, SIG_SEP = "\28", "\27"
 local K = {
   seen = KEYS[1], owner = KEYS[2], person = KEYS[3], pidx = KEYS[4], redirect = KEYS[5],
   gparent = KEYS[6], group = KEYS[7], ev = KEYS[8], born = KEYS[9], hparent = KEYS[10],
-  hkey = KEYS[11], hsize = KEYS[12], agg = KEYS[13], meta = KEYS[14],
+  hkey = KEYS[11], hsize = KEYS[12], agg = KEYS[13], meta = KEYS[14], shared = KEYS[15],
+  apart = KEYS[16], erased = KEYS[17],
 }
 local policy = cjson.decode(ARGV[1])
 local LIMITS = policy.limits
 local ANCHORS = policy.anchors
 local KEEP = policy.keep
+local SP, SC, PK, PRIO = policy.sp, policy.sc, {}, {}
+for _, kind in ipairs(policy.pk) do PK[kind] = true end
+for i, kind in ipairs(policy.prio) do PRIO[kind] = i end
+local NPRIO = #policy.prio + 1
 local batch = cjson.decode(ARGV[2])
 
 -- ----------------------------------------------------------------- helpers
@@ -49,9 +61,10 @@ end
 
 local function netstring(s) return #s .. ":" .. s .. "," end
 
-local function profile_id_for(event_id, node)
+local function profile_id_for(event_id, node, shared)
   local i = string.find(node, FS, 1, true)
   local payload = netstring(event_id) .. netstring(string.sub(node, 1, i - 1)) .. netstring(string.sub(node, i + 1))
+  if shared then payload = payload .. netstring("shared") end
   return "p_" .. string.sub(redis.sha1hex(payload), 1, 20)
 end
 
@@ -59,8 +72,10 @@ end
 local function cache(key) return { key = key, v = {}, d = {} } end
 local C = {}
 for name, key in pairs(K) do
-  if name ~= "seen" and name ~= "meta" then C[name] = cache(key) end
+  if name ~= "seen" and name ~= "meta" and name ~= "erased" then C[name] = cache(key) end
 end
+-- only an optimization: no unlink was ever recorded, so no merge needs the check
+local APART_ANY = redis.call("HLEN", K.apart) > 0
 local function get(c, f)
   local v = c.v[f]
   if v == nil then
@@ -164,8 +179,8 @@ local function add_node(p, node, key)
   touch_person(p)
 end
 
-local function new_person(ev, node, step)
-  local pid = profile_id_for(ev.e, node)
+local function new_person(ev, node, step, named_by, shared)
+  local pid = profile_id_for(ev.e, named_by or node, shared)
   local p = { handle = pid, id = pid, created = ev.k, hroot = node, counts = {}, nodes = {} }
   P[pid] = p
   put(C.pidx, pid, pid)
@@ -234,39 +249,86 @@ local function merge(a, b, step, key)
   return big
 end
 
+local function apart_list(node)
+  local raw = get(C.apart, node)
+  if raw == nil then return nil end
+  return split(raw, GS)
+end
+
+-- did a manager say a node of a and a node of b are different people?
+local function apart_between(a, b)
+  local small, big = a, b
+  if #a.nodes > #b.nodes then small, big = b, a end
+  for _, node in ipairs(small.nodes) do
+    local others = apart_list(node)
+    if others ~= nil then
+      for _, m in ipairs(others) do
+        if owner_of(m) == big then return true end
+      end
+    end
+  end
+  return false
+end
+
+local function apart_from(node, p)
+  local others = apart_list(node)
+  if others == nil then return false end
+  for _, m in ipairs(others) do
+    if owner_of(m) == p then return true end
+  end
+  return false
+end
+
 local function apply_in_order(ev)
   local step = { created = {}, absorbed = {}, conflicts = {} }
+  if ev.m == 2 then -- a statement that these are different people: it links nothing
+    for _, node in ipairs(ev.ids) do
+      if owner_of(node) == nil then new_person(ev, node, step) end
+    end
+    return step
+  end
+  local manual = ev.m == 1
   local acc = nil
   local fresh = {}
   local refused_ids = {} -- one conflict per refused person, not per identifier of it
   for _, node in ipairs(ev.ids) do
     local p = owner_of(node)
-    if p == nil then
+    if not manual and get(C.shared, node) ~= nil then -- links nothing; a person of its own
+      if p == nil then new_person(ev, node, step, nil, true) end
+    elseif p == nil then
       fresh[#fresh + 1] = node
     elseif acc == nil then
       acc = p
     elseif p ~= acc and not refused_ids[p.id] then
-      local kind, limit = nil, nil
-      if not ev.m then kind, limit = refusal(acc, p) end
+      local kind, limit, reason = nil, nil, nil
+      if APART_ANY and apart_between(acc, p) then
+        kind, limit, reason = kind_of(node), 0, "unlinked"
+      elseif not manual then
+        kind, limit = refusal(acc, p)
+        reason = "limit_exceeded"
+      end
       if kind == nil then
         acc = merge(acc, p, step, ev.k)
       else
         refused_ids[p.id] = true
-        step.conflicts[#step.conflicts + 1] = { kind, limit, acc.id, p.id, node }
+        step.conflicts[#step.conflicts + 1] = { kind, limit, acc.id, p.id, node, reason }
       end
     end
   end
   for _, node in ipairs(fresh) do
-    if acc == nil then
-      acc = new_person(ev, node, step)
+    if acc == nil then -- named after the event's strongest identifier even if shared now: a split keeps the id
+      acc = new_person(ev, node, step, ev.ids[1], false)
     else
       local kind = kind_of(node)
       local cap = LIMITS[kind]
-      if ev.m or cap == nil or (acc.counts[kind] or 0) < cap then
+      if APART_ANY and apart_from(node, acc) then
+        local other = new_person(ev, node, step)
+        step.conflicts[#step.conflicts + 1] = { kind, 0, acc.id, other.id, node, "unlinked" }
+      elseif manual or cap == nil or (acc.counts[kind] or 0) < cap then
         add_node(acc, node, ev.k)
       else
         local other = new_person(ev, node, step)
-        step.conflicts[#step.conflicts + 1] = { kind, cap, acc.id, other.id, node }
+        step.conflicts[#step.conflicts + 1] = { kind, cap, acc.id, other.id, node, "limit_exceeded" }
       end
     end
   end
@@ -297,12 +359,20 @@ local function find(node)
 end
 
 local function encode_evidence(ev)
-  return table.concat({ ev.k, ev.m and "1" or "0", table.concat(ev.ids, GS), ev.x or "" }, RS)
+  return table.concat({ ev.k, tostring(ev.m), table.concat(ev.ids, GS), ev.x or "" }, RS)
 end
 
 local function decode_evidence(sig, raw)
   local f = split(raw, RS)
-  return { k = f[1], m = f[2] == "1", ids = split(f[3], GS), x = f[4], sig = sig, e = string.sub(f[1], 18) }
+  return { k = f[1], m = tonumber(f[2]), ids = split(f[3], GS), x = f[4], sig = sig, e = string.sub(f[1], 18) }
+end
+
+-- the signature of an identifier set (see streams/redis_store.py)
+local function signature(mode, ids)
+  local sorted = {}
+  for i, node in ipairs(ids) do sorted[i] = node end
+  table.sort(sorted, lt)
+  return tostring(mode) .. SIG_FLAG .. table.concat(sorted, SIG_SEP)
 end
 
 local function record(ev, roots)
@@ -351,6 +421,234 @@ local function roots_of(ids)
     if get(C.gparent, node) ~= nil then roots[find(node)] = true end
   end
   return roots
+end
+
+-- ----------------------------------------------------------------- shared identifiers and unlinks
+-- A port of identity/shared.py (read its docstring) and of IdentityGraph._constrain.
+
+local function kind_before(a, b) -- identity.policy.ResolutionPolicy.kind_rank(a) < kind_rank(b)
+  local ra, rb = PRIO[a] or NPRIO, PRIO[b] or NPRIO
+  if ra ~= rb then return ra < rb end
+  if PRIO[a] == nil then return lt(a, b) end
+  return false
+end
+
+local function shared_identifiers(records)
+  local nbrs, degree, order = {}, {}, {}
+  for _, r in ipairs(records) do
+    if r.m == 0 and #r.ids > 1 then
+      for _, x in ipairs(r.ids) do
+        local kind = kind_of(x)
+        if SP[kind] ~= nil or SC[kind] ~= nil then
+          local seen = nbrs[x]
+          if seen == nil then
+            seen = {}
+            nbrs[x], degree[x] = seen, 0
+            order[#order + 1] = x
+          end
+          for _, y in ipairs(r.ids) do
+            if y ~= x and not seen[y] then
+              seen[y] = true
+              degree[x] = degree[x] + 1
+            end
+          end
+        end
+      end
+    end
+  end
+  local cands = {}
+  for _, x in ipairs(order) do
+    local kind = kind_of(x)
+    local least = SP[kind]
+    if SC[kind] ~= nil and (least == nil or SC[kind] < least) then least = SC[kind] end
+    if degree[x] > least then cands[#cands + 1] = x end
+  end
+  local shared = {}
+  if #cands == 0 then return shared end
+  local links = {}
+  for _, r in ipairs(records) do
+    if r.m ~= 2 and #r.ids > 1 then links[#links + 1] = r.ids end
+  end
+  while true do
+    local best, found = nil, {}
+    for _, x in ipairs(cands) do
+      if not shared[x] then
+        local parent = {}
+        local function find_root(n)
+          while true do
+            local up = parent[n]
+            if up == n then return n end
+            local grand = parent[up]
+            parent[n] = grand
+            n = grand
+          end
+        end
+        for _, ids in ipairs(links) do
+          local first = nil
+          for _, n in ipairs(ids) do
+            if n ~= x and not shared[n] then
+              if parent[n] == nil then parent[n] = n end
+              if first == nil then
+                first = find_root(n)
+              else
+                local other = find_root(n)
+                if other ~= first then parent[other] = first end
+              end
+            end
+          end
+        end
+        local holders = {}
+        for n in pairs(parent) do
+          local r = find_root(n)
+          if PK[kind_of(n)] then holders[r] = true elseif holders[r] == nil then holders[r] = false end
+        end
+        local clusters, nclusters, persons, claimed = {}, 0, 0, false
+        for y in pairs(nbrs[x]) do
+          if PK[kind_of(y)] then claimed = true end
+          if not shared[y] then
+            local r = y
+            if parent[y] ~= nil then r = find_root(y) end
+            if not clusters[r] then
+              clusters[r] = true
+              nclusters = nclusters + 1
+              local holds = holders[r]
+              if holds == nil then holds = PK[kind_of(r)] == true end
+              if holds then persons = persons + 1 end
+            end
+          end
+        end
+        local kind = kind_of(x)
+        local max_persons, max_clusters = SP[kind], SC[kind]
+        if claimed then max_clusters = nil end
+        local excess = 0
+        if max_persons ~= nil and persons - max_persons > excess then excess = persons - max_persons end
+        if max_clusters ~= nil and nclusters - max_clusters > excess then excess = nclusters - max_clusters end
+        if excess > 0 then
+          local rank = { excess, kind, nclusters, degree[x] }
+          local better, same = false, false
+          if best == nil then
+            better = true
+          elseif rank[1] ~= best[1] then
+            better = rank[1] > best[1]
+          elseif kind_before(rank[2], best[2]) then
+            better = true
+          elseif kind_before(best[2], rank[2]) then
+            better = false
+          elseif rank[3] ~= best[3] then
+            better = rank[3] > best[3]
+          elseif rank[4] ~= best[4] then
+            better = rank[4] > best[4]
+          else
+            same = true
+          end
+          if better then
+            best, found = rank, { x }
+          elseif same then
+            found[#found + 1] = x
+          end
+        end
+      end
+    end
+    if #found == 0 then return shared end
+    for _, x in ipairs(found) do shared[x] = true end
+  end
+end
+
+local function group_records(roots)
+  local records, nodes = {}, {}
+  for r in pairs(roots) do
+    local g = load_group(r)
+    for _, sig in ipairs(g.sigs) do records[#records + 1] = decode_evidence(sig, get(C.ev, sig)) end
+    for _, node in ipairs(g.nodes) do nodes[#nodes + 1] = node end
+  end
+  return records, nodes
+end
+
+-- would filing this new evidence change which identifiers of its group are shared?
+local function shared_shift(ev, roots)
+  local records, nodes = group_records(roots)
+  records[#records + 1] = ev
+  local now = shared_identifiers(records)
+  local before = 0
+  for _, node in ipairs(nodes) do
+    if get(C.shared, node) ~= nil then
+      if not now[node] then return true end
+      before = before + 1
+    end
+  end
+  local after = 0
+  for _ in pairs(now) do after = after + 1 end
+  return after ~= before
+end
+
+local function unlinked_among(ids)
+  if not APART_ANY then return false end
+  local present = {}
+  for _, node in ipairs(ids) do present[node] = true end
+  for _, node in ipairs(ids) do
+    local others = apart_list(node)
+    if others ~= nil then
+      for _, m in ipairs(others) do
+        if present[m] then return true end
+      end
+    end
+  end
+  return false
+end
+
+local function contains(list, item)
+  for _, x in ipairs(list) do
+    if x == item then return true end
+  end
+  return false
+end
+
+-- recompute the shared identifiers and the unlinked pairs of a group from its evidence
+local function constrain(records, nodes)
+  for _, node in ipairs(nodes) do
+    if get(C.shared, node) ~= nil then del(C.shared, node) end
+    if get(C.apart, node) ~= nil then del(C.apart, node) end
+  end
+  local shared = shared_identifiers(records)
+  for node in pairs(shared) do put(C.shared, node, "1") end
+  local links, apart = {}, {}
+  for _, r in ipairs(records) do
+    if r.m == 1 then links[#links + 1] = r end
+  end
+  for _, r in ipairs(records) do
+    if r.m == 2 then
+      for i = 1, #r.ids do
+        for j = i + 1, #r.ids do
+          local a, b = r.ids[i], r.ids[j]
+          local lifted = false -- a manager's newer statement that they are one person lifts this one
+          for _, link in ipairs(links) do
+            if lt(r.k, link.k) and contains(link.ids, a) and contains(link.ids, b) then
+              lifted = true
+              break
+            end
+          end
+          if not lifted then
+            apart[a] = apart[a] or {}
+            apart[a][b] = true
+            apart[b] = apart[b] or {}
+            apart[b][a] = true
+          end
+        end
+      end
+    end
+  end
+  for a, others in pairs(apart) do
+    put(C.apart, a, table.concat(sorted_keys(others), GS))
+    APART_ANY = true
+  end
+  return shared
+end
+
+local function status_of(roots, key)
+  for r in pairs(roots) do
+    if not lt(load_group(r).max, key) then return "reordered" end
+  end
+  return "applied"
 end
 
 -- ----------------------------------------------------------------- outcomes
@@ -408,7 +706,7 @@ local function node_set(list)
   return s
 end
 
-local function diff(before, after, ev)
+local function diff(before, after, primary)
   local old_owner = {}
   for pid, nodes in pairs(before) do
     for node in pairs(nodes) do old_owner[node] = pid end
@@ -429,7 +727,6 @@ local function diff(before, after, ev)
       put(C.redirect, pid, best)
     end
   end
-  local primary = owner_of(ev.ids[1]).id
   local changes = {}
   for _, pid in ipairs(sorted_keys(after)) do
     local nodes = after[pid]
@@ -465,13 +762,23 @@ local function diff(before, after, ev)
       if same then for node in pairs(before[pid]) do if not nodes[node] then same = false; break end end end
       if not same or pid == primary then kind = "updated" end
     end
-    if kind ~= nil then changes[#changes + 1] = { kind, pid, merged_from, split_from } end
+    if kind ~= nil then
+      local moved = {}
+      if kind == "split" then
+        for node in pairs(nodes) do
+          local was = old_owner[node]
+          if was ~= nil and was ~= pid then moved[#moved + 1] = node end
+        end
+        table.sort(moved, lt)
+      end
+      changes[#changes + 1] = { kind, pid, merged_from, split_from, moved }
+    end
   end
   return changes
 end
 
-local function replay(ev, roots)
-  stats.reorders = stats.reorders + 1
+-- take evidence groups apart: their nodes, their records (by signature) and who held what before
+local function unfile(roots)
   local nodes, records = {}, {}
   for r in pairs(roots) do
     local g = load_group(r)
@@ -480,11 +787,9 @@ local function replay(ev, roots)
     for _, node in ipairs(g.nodes) do nodes[#nodes + 1] = node end
     for _, sig in ipairs(g.sigs) do
       records[sig] = decode_evidence(sig, get(C.ev, sig))
-      del(C.ev, sig) -- re-filed below, into the groups the replay forms
+      del(C.ev, sig) -- re-filed by refile, into the groups the replay forms
     end
   end
-  local held = records[ev.sig]
-  if held == nil or lt(ev.k, held.k) then records[ev.sig] = ev end
   local before, gone = {}, {}
   for _, node in ipairs(nodes) do
     local p = owner_of(node)
@@ -504,24 +809,54 @@ local function replay(ev, roots)
     Pstate[handle] = "dead"
     P[handle] = nil
   end
-  local ordered = {}
-  for _, rec in pairs(records) do ordered[#ordered + 1] = rec end
-  table.sort(ordered, function(x, y) return lt(x.k, y.k) end)
+  return nodes, records, before
+end
+
+local function listed(records)
+  local out = {}
+  for _, rec in pairs(records) do out[#out + 1] = rec end
+  table.sort(out, function(x, y) return lt(x.k, y.k) end)
+  return out
+end
+
+-- apply records in canonical order; the conflicts of ev
+local function refile(ordered, ev)
   local conflicts = {}
   for _, rec in ipairs(ordered) do
     local step = apply_in_order(rec)
     record(rec, roots_of(rec.ids))
     if rec == ev then conflicts = step.conflicts end
   end
-  local after = {}
-  for _, list in ipairs({ nodes, ev.ids }) do
-    for _, node in ipairs(list) do
-      local p = owner_of(node)
-      if after[p.id] == nil then after[p.id] = node_set(p.nodes) end
-    end
+  return conflicts
+end
+
+local function replay(ev, roots, status)
+  if status == "reordered" then stats.reorders = stats.reorders + 1 end
+  local nodes, records, before = unfile(roots)
+  local held = records[ev.sig]
+  if held == nil or lt(ev.k, held.k) then records[ev.sig] = ev end
+  local everything = {}
+  for _, node in ipairs(nodes) do everything[#everything + 1] = node end
+  for _, node in ipairs(ev.ids) do everything[#everything + 1] = node end
+  local was_shared = {}
+  for _, node in ipairs(everything) do
+    if get(C.shared, node) ~= nil then was_shared[node] = true end
   end
-  local changes = diff(before, after, ev)
-  return { s = "reordered", p = owner_of(ev.ids[1]).id, ch = changes, cf = live(conflicts) }
+  local ordered = listed(records)
+  local shared = constrain(ordered, everything)
+  local conflicts = refile(ordered, ev)
+  local after = {}
+  for _, node in ipairs(everything) do
+    local p = owner_of(node)
+    if after[p.id] == nil then after[p.id] = node_set(p.nodes) end
+  end
+  local primary = owner_of(ev.ids[1]).id
+  local newly = {}
+  for node in pairs(shared) do
+    if not was_shared[node] then newly[#newly + 1] = node end
+  end
+  table.sort(newly, lt)
+  return { s = status, p = primary, ch = diff(before, after, primary), cf = live(conflicts), sh = newly }
 end
 
 -- ----------------------------------------------------------------- the golden fold
@@ -576,17 +911,41 @@ local function seen_before(eid)
   return false
 end
 
+local function drop_erased(ev)
+  if ev.h == nil then return end
+  local kept = {}
+  for _, node in ipairs(ev.ids) do
+    local hash = ev.h[node]
+    local erased = hash and redis.call("HGET", K.erased, hash)
+    if not erased or lt(erased, ev.k) then kept[#kept + 1] = node end
+  end
+  if #kept ~= #ev.ids then
+    ev.ids = kept
+    ev.sig = signature(ev.m, kept)
+  end
+end
+
+local function new_signature(ev)
+  return get(C.ev, ev.sig) == nil
+end
+
 local function apply(ev)
   if seen_before(ev.e) then
     local p = nil
     if #ev.ids > 0 then p = owner_of(ev.ids[1]) end
     return { s = "duplicate", p = p and p.id or nil, ch = {}, cf = {} }
   end
+  drop_erased(ev)
   if #ev.ids == 0 then return { s = "unresolved", ch = {}, cf = {} } end
+  if ev.m == 2 then
+    local roots = roots_of(ev.ids)
+    return replay(ev, roots, status_of(roots, ev.k))
+  end
   fold(ev.ids[1], ev.c)
   local person = owner_of(ev.ids[1])
-  if person ~= nil then
-    local g = load_group(find(ev.ids[1]))
+  if person ~= nil and ev.m == 0 then
+    local root = find(ev.ids[1])
+    local g = load_group(root)
     local held = get(C.ev, ev.sig)
     local held_key = held and decode_evidence(ev.sig, held).k
     if held_key ~= nil and lt(held_key, ev.k) then return updated(ev, person) end
@@ -599,6 +958,8 @@ local function apply(ev)
       end
     end
     if together and (lt(g.max, ev.k) or already_joined(ev.ids, ev.k)) then
+      local roots = { [root] = true }
+      if held == nil and shared_shift(ev, roots) then return replay(ev, roots, status_of(roots, ev.k)) end
       if lt(g.max, ev.k) then g.max = ev.k else stats.late = stats.late + 1 end
       if held == nil then g.sigs[#g.sigs + 1] = ev.sig end
       put(C.ev, ev.sig, encode_evidence(ev))
@@ -606,6 +967,10 @@ local function apply(ev)
     end
   end
   local roots = roots_of(ev.ids)
+  if ev.m == 1 and unlinked_among(ev.ids) then -- a newer link may lift an unlink
+    return replay(ev, roots, status_of(roots, ev.k))
+  end
+  if new_signature(ev) and shared_shift(ev, roots) then return replay(ev, roots, status_of(roots, ev.k)) end
   local in_order = true
   for r in pairs(roots) do
     if not lt(load_group(r).max, ev.k) then in_order = false; break end
@@ -620,11 +985,131 @@ local function apply(ev)
     record(ev, roots)
     return updated(ev, owner_of(ev.ids[1]))
   end
-  return replay(ev, roots)
+  return replay(ev, roots, "reordered")
+end
+
+-- ----------------------------------------------------------------- erasure
+
+local function erase(ev)
+  local targets, erased = {}, {}
+  for _, node in ipairs(ev.ids) do
+    erased[node] = true
+    local p = owner_of(node)
+    if p ~= nil then targets[p.id] = p end
+  end
+  for _, p in pairs(targets) do
+    for _, node in ipairs(p.nodes) do erased[node] = true end
+  end
+  local roots = {}
+  for node in pairs(erased) do
+    if get(C.gparent, node) ~= nil then roots[find(node)] = true end
+  end
+  local nodes, records, before = unfile(roots)
+  -- remembered as of the newest thing erased, so that no replayed older event brings it back
+  local newest = ev.k
+  for _, rec in pairs(records) do
+    if lt(newest, rec.k) then
+      for _, node in ipairs(rec.ids) do
+        if erased[node] then newest = rec.k; break end
+      end
+    end
+  end
+  for node in pairs(erased) do
+    local raw = get(C.agg, node)
+    if raw ~= nil then
+      local a = cjson.decode(raw)
+      if a.l ~= nil and lt(newest, a.l[1]) then newest = a.l[1] end
+      del(C.agg, node)
+    end
+  end
+  for node in pairs(erased) do
+    local hash = ev.h[node]
+    local held = redis.call("HGET", K.erased, hash)
+    if not held or lt(held, newest) then redis.call("HSET", K.erased, hash, newest) end
+  end
+  local last = redis.call("HGET", K.meta, "erase_max")
+  if not last or lt(last, newest) then redis.call("HSET", K.meta, "erase_max", newest) end
+  local kept = {}
+  for _, rec in pairs(records) do
+    local r = rec
+    local touched = false
+    for _, node in ipairs(rec.ids) do
+      if erased[node] then touched = true; break end
+    end
+    if touched then -- keep what it showed about the others, nothing of the erased
+      local ids = {}
+      for _, node in ipairs(rec.ids) do
+        if not erased[node] then ids[#ids + 1] = node end
+      end
+      if #ids == 0 then
+        r = nil
+      else
+        r = { k = rec.k, m = rec.m, ids = ids, x = rec.x, e = rec.e }
+        r.sig = signature(r.m, ids)
+      end
+    end
+    if r ~= nil then
+      local held = kept[r.sig]
+      if held == nil or lt(r.k, held.k) then kept[r.sig] = r end
+    end
+  end
+  local ordered = listed(kept)
+  constrain(ordered, nodes)
+  refile(ordered, nil)
+  local others = {}
+  for pid, set in pairs(before) do
+    if targets[pid] == nil then others[pid] = set end
+  end
+  local after = {}
+  for _, node in ipairs(nodes) do
+    if not erased[node] then
+      local p = owner_of(node)
+      if after[p.id] == nil then after[p.id] = node_set(p.nodes) end
+    end
+  end
+  local changes = {}
+  for _, pid in ipairs(sorted_keys(targets)) do changes[#changes + 1] = { "erased", pid, {}, {}, {} } end
+  for _, change in ipairs(diff(others, after, nil)) do changes[#changes + 1] = change end
+  return { s = "applied", ch = changes, cf = {} }
+end
+
+-- ----------------------------------------------------------------- checks before anything is written
+
+local ERASE_MAX = redis.call("HGET", K.meta, "erase_max")
+for _, ev in ipairs(batch) do
+  if ev.h == nil and ERASE_MAX and not lt(ERASE_MAX, ev.k) then return cjson.encode({ stale = ERASE_MAX }) end
+end
+if batch[1].op == "erase" then
+  local ev = batch[1]
+  if #batch ~= 1 then return redis.error_reply("idstream: an erasure must be alone in its script call") end
+  -- the persons to erase must still be exactly those the caller read and hashed
+  local expected, want = {}, 0
+  for _, node in ipairs(ev.nodes) do expected[node] = true; want = want + 1 end
+  local found = {}
+  for _, node in ipairs(ev.ids) do
+    found[node] = true
+    local handle = redis.call("HGET", K.owner, node)
+    if handle then
+      local raw = redis.call("HGET", K.person, handle)
+      for _, n in ipairs(split(split(raw, RS)[5], GS)) do found[n] = true end
+    end
+  end
+  local have = 0
+  for node in pairs(found) do
+    if not expected[node] or not ev.h[node] then return cjson.encode({ retry = true }) end
+    have = have + 1
+  end
+  if have ~= want then return cjson.encode({ retry = true }) end
 end
 
 local results = {}
-for i, ev in ipairs(batch) do results[i] = apply(ev) end
+for i, ev in ipairs(batch) do
+  if ev.op == "erase" then
+    if seen_before(ev.e) then results[i] = { s = "duplicate", ch = {}, cf = {} } else results[i] = erase(ev) end
+  else
+    results[i] = apply(ev)
+  end
+end
 
 -- ----------------------------------------------------------------- write back
 

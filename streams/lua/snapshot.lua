@@ -1,7 +1,8 @@
 -- idstream: the profiles a batch changed, and the versions of their updates, in one atomic step.
 --
 -- KEYS: pidx person redirect agg meta
--- ARGV: profile ids (live or retired: retired ones follow their redirects)
+-- ARGV[1]: how many more versions to reserve (for erased profiles, which have no record to read)
+-- ARGV[2..]: profile ids (live or retired: retired ones follow their redirects)
 -- Returns {last_version, {{requested, live}...}, {{record, {aggregate or false per node}}...}}: one record per
 -- distinct live person, in the order first reached. The version counter moves by that number inside the
 -- same script that reads the records, so a higher version always carries a later state: with several
@@ -10,7 +11,9 @@
 local pidx, person, redirect, agg, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
 local live_of, records, taken = {}, {}, {}
-for _, requested in ipairs(ARGV) do
+local extra = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local requested = ARGV[i]
   local handle, pid = live_handle(pidx, redirect, requested)
   if handle then
     live_of[#live_of + 1] = { requested, pid }
@@ -22,5 +25,5 @@ for _, requested in ipairs(ARGV) do
   end
 end
 local last = 0
-if #records > 0 then last = redis.call("HINCRBY", meta, "version", #records) end
+if #records + extra > 0 then last = redis.call("HINCRBY", meta, "version", #records + extra) end
 return { last, live_of, records }
