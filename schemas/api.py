@@ -122,6 +122,28 @@ class ProfileResponse(_Model):
     profile: dict[str, Any]
 
 
+class Explanation(_Model):
+    """Why identifiers are one person, or why not (see ``identity/explain.py``).
+
+    For a profile: ``links`` (the events that hold it together), ``kept_apart`` (evidence it was not
+    joined through, with the reason) and ``shared_seen``. For two identifiers: ``same_person`` and
+    ``path``, the shortest evidence path, each step one event with its source, time, rule and, where it
+    crosses from one person to another, ``reason``: shared_identifier, unlinked or limit_exceeded.
+    """
+
+    profile_id: str | None = None
+    identifiers: list[dict[str, str]] | None = None
+    links: list[dict[str, Any]] | None = None
+    kept_apart: list[dict[str, Any]] | None = None
+    shared_seen: list[dict[str, str]] | None = None
+    a: dict[str, str] | None = None
+    b: dict[str, str] | None = None
+    same_person: bool | None = None
+    profile_ids: list[str | None] | None = None
+    path: list[dict[str, Any]] | None = None
+    reason: str | None = None
+
+
 class ErrorResponse(_Model):
     status: Literal["error"] = "error"
     code: str
@@ -133,6 +155,7 @@ _MODELS: tuple[type[BaseModel], ...] = (
     BatchLookupResponse,
     Candidate,
     ErrorResponse,
+    Explanation,
     IdentifierQuery,
     LookupResult,
     ProfileResponse,
@@ -227,6 +250,24 @@ def openapi(version: str) -> dict[str, Any]:
                     "responses": {
                         "200": _json("ProfileResponse", "The live profile."),
                         "404": _json("ErrorResponse", "No such profile."),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/explain": {
+                "get": {
+                    "summary": "Why identifiers are one person, or why not",
+                    "operationId": "explain",
+                    "parameters": [
+                        {"name": "profile_id", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {"name": "kind", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {"name": "value", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {"name": "other_kind", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {"name": "other_value", "in": "query", "required": False, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json("Explanation", "The evidence (give profile_id, or kind+value[+other_*])."),
+                        "404": _json("ErrorResponse", "No such profile or identifier."),
                         **_ERRORS,
                     },
                 }

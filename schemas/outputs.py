@@ -15,8 +15,11 @@ class ProfileUpdate(BaseModel):
     A subscriber keeps, per ``profile_id``, the message with the highest ``version``; versions only
     grow, across all workers. ``merged``: the ids in ``merged_from`` are retired (each also gets a
     tombstone: a null value under its key) and their records belong to this profile now. ``split``:
-    identifiers moved between this profile and those in ``split_from``; each of them gets its own
-    update in the same batch.
+    identifiers moved between this profile and those in ``split_from`` (``moved`` names those this one
+    took over; touches follow the identifier they were recorded under); each of them gets its own
+    update in the same batch. ``erased``: the person was erased on request; ``profile`` is null and a
+    tombstone follows under the same key. ``evidence`` says, for merged, split and erased, which event
+    and which rule decided (see ``GET /v1/explain`` for the whole path).
     """
 
     model_config = ConfigDict(title="ProfileUpdate", extra="forbid")
@@ -27,21 +30,33 @@ class ProfileUpdate(BaseModel):
     event_ids: list[str] = Field(description="The events of this batch that caused the update.")
     merged_from: list[str] = Field(default_factory=list)
     split_from: list[str] = Field(default_factory=list)
+    moved: list[dict[str, str]] = Field(
+        default_factory=list, description="For split: the identifiers ({kind, value}) this profile took over."
+    )
+    evidence: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description=(
+            "For merged, split and erased: {rule, event_id, type, source, occurred_at[, shared]} per deciding "
+            "event; rule is co_occurrence, manual_link, manual_unlink, shared_identifier, late_event or erasure."
+        ),
+    )
     profile: dict[str, Any] | None = Field(description="The golden profile; null for erased.")
 
 
 class IdentityChange(BaseModel):
-    """One message on ``identity.changes``: a merge, a split, a refused merge or rejected identifiers."""
+    """One message on ``identity.changes``: a merge, a split, an erasure, a refused merge or rejected identifiers."""
 
     model_config = ConfigDict(title="IdentityChange", extra="forbid")
 
-    type: Literal["merged", "split", "conflict", "rejected_identifiers"]
+    type: Literal["merged", "split", "erased", "conflict", "rejected_identifiers"]
     profile_id: str | None
     event_id: str
     source: str
     occurred_at: str
     merged_from: list[str] = Field(default_factory=list)
     split_from: list[str] = Field(default_factory=list)
+    moved: list[dict[str, str]] = Field(default_factory=list)
+    evidence: dict[str, Any] | None = None
     conflict: dict[str, Any] | None = None
     rejected: list[dict[str, str]] = Field(default_factory=list)
 

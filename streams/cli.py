@@ -240,11 +240,37 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     if found is None:
         _dump({"status": "not_found", **asked}, sys.stdout)
         return 1
-    if len(found.candidates) > 1:
+    if found.ambiguous:
         candidates = [summary(store.profile(pid) or {"profile_id": pid}) for pid in found.candidates]
         _dump({"status": "ambiguous", **asked, "candidates": candidates}, sys.stdout)
         return 0
     _dump({"status": "found", "profile_id": found.profile_id, "profile": found.profile}, sys.stdout)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """The evidence that joins identifiers (or holds a profile together), and why links were refused."""
+    from identity.explain import explain  # noqa: PLC0415
+
+    store = _store(Settings())
+    pairs = list(args.pairs)
+    if (args.profile is None) == (not pairs) or len(pairs) % 2 or len(pairs) > 4:
+        print("idstream explain: give KIND VALUE [KIND VALUE], or --profile ID", file=sys.stderr)
+        return 2
+    asked: dict[str, Any] = {}
+    if args.profile is not None:
+        asked["profile_id"] = args.profile
+    for name, (kind, value) in zip(("a", "b"), zip(pairs[::2], pairs[1::2], strict=True), strict=False):
+        ident = store.normalizer.normalize(kind, value)
+        if not isinstance(ident, Identifier):
+            _dump({"status": "invalid", "kind": kind, "value": value, "error": ident.to_dict()}, sys.stdout)
+            return 2
+        asked[name] = ident
+    answer = explain(store, store.policy, **asked)
+    if answer is None:
+        _dump({"status": "not_found"}, sys.stdout)
+        return 1
+    _dump(answer, sys.stdout)
     return 0
 
 
@@ -503,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("kind")
     lookup.add_argument("value")
     lookup.set_defaults(func=cmd_lookup)
+
+    explain = sub.add_parser(
+        "explain", help="why identifiers are one person (KIND VALUE [KIND VALUE]), or a profile (--profile ID)"
+    )
+    explain.add_argument("pairs", nargs="*", metavar="KIND VALUE", help="one identifier, or two to connect")
+    explain.add_argument("--profile", help="explain a profile id instead")
+    explain.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -3,6 +3,8 @@
     GET  /v1/lookup?kind=phone&value=8%20(916)%20123-45-67[&view=card|full]
     POST /v1/lookup/batch  {"identifiers": [{"kind": ..., "value": ...}, ...]}   (up to 1,000)
     GET  /v1/profiles/{profile_id}[?view=full|card]     (a retired id answers with its survivor)
+    GET  /v1/explain?profile_id=...  or  ?kind=..&value=..[&other_kind=..&other_value=..]
+                                                         (the evidence: why one person, or why not)
     GET  /v1/openapi.json                                (this description, from schemas/api.py)
     GET  /healthz                                        (no token)
 
@@ -21,6 +23,7 @@ Access logs are off: queries carry phone numbers and e-mails.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,16 +31,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import ValidationError
 
 from identity import ConfigurationError, Identifier, Normalizer, Rejection, ResolutionPolicy, TransientError
 from identity.card import screen_pop, summary
+from identity.explain import explain
 from schemas.api import MAX_VALUE, BatchLookupRequest, openapi
 from schemas.export import API_VERSION
 from streams.reader import AsyncReader
-from streams.redis_store import Found
+from streams.redis_store import Found, RedisIdentityStore
 
 __all__ = ["ApiConfig", "check_exposure", "create_lookup_app"]
 
@@ -60,6 +65,7 @@ class ApiConfig:
 
 READER: web.AppKey[AsyncReader] = web.AppKey("reader", AsyncReader)
 CONFIG: web.AppKey[ApiConfig] = web.AppKey("config", ApiConfig)
+STORE: web.AppKey[RedisIdentityStore] = web.AppKey("store", RedisIdentityStore)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -142,7 +148,7 @@ def _answer(
         return {"status": "invalid", "kind": kind, "value": value, "error": error}
     if found is None:
         return {"status": "not_found", "kind": kind, "value": value}
-    if len(found.candidates) > 1:
+    if found.ambiguous:
         candidates = [summary(others[pid]) for pid in found.candidates if pid in others]
         return {"status": "ambiguous", "kind": kind, "value": value, "candidates": candidates}
     return {
@@ -166,7 +172,7 @@ async def _resolve(request: web.Request, queries: Sequence[tuple[str, str]], vie
     valid = [n for n in normalized if isinstance(n, Identifier)]
     found = iter(await reader.identifiers(valid))
     results = [next(found) if isinstance(n, Identifier) else None for n in normalized]
-    contested = sorted({pid for f in results if f and len(f.candidates) > 1 for pid in f.candidates})
+    contested = sorted({pid for f in results if f and f.ambiguous for pid in f.candidates})
     others: dict[str, Any] = {}
     if contested:
         for pid, person in zip(contested, await reader.profiles(contested), strict=True):
@@ -226,6 +232,31 @@ async def profile(request: web.Request) -> web.Response:
     return _json(body)
 
 
+async def explain_endpoint(request: web.Request) -> web.Response:
+    q = request.query
+    store: RedisIdentityStore = request.app[STORE]
+    asked: dict[str, Any] = {}
+    if q.get("profile_id"):
+        if len(q["profile_id"]) > 64:
+            return _error(400, "invalid_profile_id", "a profile id is at most 64 characters")
+        asked["profile_id"] = q["profile_id"]
+    else:
+        for name, kind, value in (("a", "kind", "value"), ("b", "other_kind", "other_value")):
+            if q.get(kind) is None and q.get(value) is None and name == "b":
+                continue
+            if not q.get(kind) or q.get(value) is None:
+                return _error(400, "missing_parameter", f"give profile_id, or '{kind}' and '{value}' together")
+            ident = store.normalizer.normalize(q[kind], q[value])
+            if isinstance(ident, Rejection):
+                return _error(400, ident.reason, ident.message)
+            asked[name] = ident
+    loop = asyncio.get_running_loop()
+    answer = await loop.run_in_executor(None, lambda: explain(store, store.policy, **asked))
+    if answer is None:
+        return _error(404, "not_found", "no person holds this identifier or profile id")
+    return _json(answer)
+
+
 async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -245,16 +276,23 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
     async def connect(app: web.Application) -> None:
         client = aioredis.Redis.from_url(config.redis_url)
         app[READER] = AsyncReader(client, config.policy, config.normalizer, config.prefix)
+        # explanations read a whole evidence group in a few round trips: a sync store, off the loop
+        app[STORE] = RedisIdentityStore(
+            redis.Redis.from_url(config.redis_url), config.policy, config.normalizer, config.prefix
+        )
 
     async def disconnect(app: web.Application) -> None:
         if READER in app:
             await app[READER].client.aclose()
+        if STORE in app:
+            app[STORE].client.close()
 
     app.on_startup.append(connect)
     app.on_cleanup.append(disconnect)
     app.router.add_get("/v1/lookup", lookup)
     app.router.add_post("/v1/lookup/batch", lookup_batch)
     app.router.add_get("/v1/profiles/{profile_id}", profile)
+    app.router.add_get("/v1/explain", explain_endpoint)
     app.router.add_get("/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", health)
     return app

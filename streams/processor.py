@@ -14,14 +14,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from identity import ApplyResult, IdstreamError, Touch, TransientError, UnsupportedEvent
+from identity import ApplyResult, IdstreamError, Touch, TouchType, TransientError, UnsupportedEvent
 from identity.card import screen_pop
-from identity.graph import ChangeKind
-from identity.touch import LINKING_TYPES
+from identity.graph import APPLIED_TYPES, ChangeKind
 from identity.triggers import Candidate, TriggerRules, candidates
 from schemas import DeadLetter, IdentityChange, InvalidMessage, ProfileUpdate, Trigger, decode_touch
 from streams.redis_store import Snapshot
@@ -31,7 +30,7 @@ __all__ = ["Inbound", "Outbound", "OutputTopics", "Processor", "ProfileSource"]
 log = logging.getLogger("idstream.processor")
 
 #: When several things happened to one profile in a batch, its update carries the strongest kind.
-_KIND_ORDER = {"updated": 0, "created": 1, "merged": 2, "split": 3}
+_KIND_ORDER = {"updated": 0, "created": 1, "merged": 2, "split": 3, "erased": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +62,43 @@ class ProfileSource(Protocol):
 
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]: ...
 
-    def snapshot(self, profile_ids: Sequence[str]) -> Snapshot: ...
+    def snapshot(self, profile_ids: Sequence[str], extra_versions: int = 0) -> Snapshot: ...
 
     def unfired(self, trigger_ids: Sequence[str]) -> set[str]: ...
 
     def mark_fired(self, trigger_ids: Sequence[str]) -> None: ...
+
+
+_RULES = {
+    TouchType.IDENTITY_LINK: "manual_link",
+    TouchType.IDENTITY_UNLINK: "manual_unlink",
+    TouchType.ERASE_REQUEST: "erasure",
+}
+
+
+def evidence(touch: Touch, result: ApplyResult) -> dict[str, Any]:
+    """The compact evidence of a merge, split or erasure: the event, and the rule that decided.
+
+    ``GET /v1/explain`` and ``idstream explain`` give the whole evidence path.
+    """
+    rule = _RULES.get(touch.type)
+    if rule is None:
+        if result.shared:
+            rule = "shared_identifier"
+        elif result.status == "reordered":
+            rule = "late_event"  # an older event arrived: its evidence group was re-resolved in time order
+        else:
+            rule = "co_occurrence"
+    out: dict[str, Any] = {
+        "rule": rule,
+        "event_id": touch.event_id,
+        "type": touch.type.value,
+        "source": touch.source,
+        "occurred_at": touch.occurred_at.isoformat(),
+    }
+    if result.shared:
+        out["shared"] = [{"kind": i.kind, "value": i.value} for i in result.shared]
+    return out
 
 
 def _json(model: BaseModel) -> bytes:
@@ -80,6 +111,8 @@ class _Pending:
     event_ids: list[str] = field(default_factory=list)
     merged_from: set[str] = field(default_factory=set)
     split_from: set[str] = field(default_factory=set)
+    moved: set[tuple[str, str]] = field(default_factory=set)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Processor:
@@ -109,7 +142,7 @@ class Processor:
         for msg in batch:
             try:
                 touch = decode_touch(msg.value or b"").to_touch()
-                if touch.type not in LINKING_TYPES:
+                if touch.type not in APPLIED_TYPES:
                     raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version")
             except (InvalidMessage, UnsupportedEvent) as exc:
                 out.append(self._dead_letter(msg, exc))
@@ -168,11 +201,15 @@ class Processor:
                     p.event_ids.append(touch.event_id)
                 p.merged_from.update(change.merged_from)
                 p.split_from.update(change.split_from)
-        snap = self.store.snapshot(sorted(pending))
+                p.moved.update(change.moved)
+                if change.kind in ("merged", "split", "erased"):
+                    p.evidence.append(evidence(touch, result))
+        erased = sorted(pid for pid, p in pending.items() if p.kind == "erased")
+        snap = self.store.snapshot(sorted(pid for pid in pending if pid not in erased), len(erased))
         profiles = snap.profiles
         retired = {old for p in pending.values() for old in p.merged_from} - profiles.keys()
         first = snap.last_version - len(profiles) + 1
-        for version, pid in enumerate(sorted(profiles), start=first):
+        for version, pid in enumerate([*sorted(profiles), *erased], start=first):
             p = pending.get(pid) or _Pending()
             update = ProfileUpdate(
                 kind=p.kind,
@@ -181,10 +218,12 @@ class Processor:
                 event_ids=p.event_ids,
                 merged_from=sorted(p.merged_from - profiles.keys()),
                 split_from=sorted(p.split_from),
-                profile=profiles[pid],
+                moved=[{"kind": k, "value": v} for k, v in sorted(p.moved)],
+                evidence=p.evidence,
+                profile=profiles.get(pid),
             )
             out.append(Outbound(self.topics.profiles, pid.encode(), _json(update)))
-        out.extend(Outbound(self.topics.profiles, old.encode(), None) for old in sorted(retired))
+        out.extend(Outbound(self.topics.profiles, old.encode(), None) for old in sorted({*retired, *erased}))
         out.extend(self._triggers(results, snap))
         return out
 
@@ -225,19 +264,31 @@ class Processor:
     def _changes(self, touch: Touch, result: ApplyResult, out: list[Outbound]) -> None:
         common = {"event_id": touch.event_id, "source": touch.source, "occurred_at": touch.occurred_at.isoformat()}
         changes: list[IdentityChange] = []
+        why = evidence(touch, result)
         for change in result.changes:
             if change.kind == "merged":
                 changes.append(
                     IdentityChange(
-                        type="merged", profile_id=change.profile_id, merged_from=list(change.merged_from), **common
+                        type="merged",
+                        profile_id=change.profile_id,
+                        merged_from=list(change.merged_from),
+                        evidence=why,
+                        **common,
                     )
                 )
             elif change.kind == "split":
                 changes.append(
                     IdentityChange(
-                        type="split", profile_id=change.profile_id, split_from=list(change.split_from), **common
+                        type="split",
+                        profile_id=change.profile_id,
+                        split_from=list(change.split_from),
+                        moved=[{"kind": i.kind, "value": i.value} for i in change.moved],
+                        evidence=why,
+                        **common,
                     )
                 )
+            elif change.kind == "erased":
+                changes.append(IdentityChange(type="erased", profile_id=change.profile_id, evidence=why, **common))
         changes.extend(
             IdentityChange(type="conflict", profile_id=c.profile_id, conflict=c.to_dict(), **common)
             for c in result.conflicts

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
 from identity import ConfigurationError, CrmInfo, Normalizer, Rejection, Utm
-from schemas.api import BatchLookupResponse, ErrorResponse, LookupResult, ProfileResponse, ScreenPopCard
+from schemas.api import BatchLookupResponse, ErrorResponse, Explanation, LookupResult, ProfileResponse, ScreenPopCard
 from streams.lookup_api import ApiConfig, check_exposure, create_lookup_app
 from streams.redis_store import RedisIdentityStore
 from streams.settings import Settings
@@ -336,3 +336,32 @@ def test_the_api_normalizes_with_the_stream_s_settings() -> None:
     rejected = Normalizer(settings.normalizer_config()).normalize("phone", "8 916 123 45 67")
     assert isinstance(rejected, Rejection)
     assert "junk" in rejected.message
+
+
+def test_explain_answers_why_and_needs_the_token(store: RedisIdentityStore) -> None:
+    """The office switchboard anna and boris share: the path between them, and why it does not join them."""
+
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        assert (await client.get("/v1/explain", params={"profile_id": "x"})).status == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        params = {"kind": "crm_contact_id", "value": "anna", "other_kind": "crm_contact_id", "other_value": "boris"}
+        response = await client.get("/v1/explain", params=params, headers=auth)
+        assert response.status == 200
+        answer = Explanation.model_validate(await response.json())
+        assert answer.same_person is False
+        assert answer.path is not None
+        assert [s["event_id"] for s in answer.path] == ["sb1", "sb2"]
+        assert answer.path[0]["reason"] == "shared_identifier"
+        profile = await client.get("/v1/explain", params={"profile_id": store.lookup_raw("email", "anna@romashka.ru")},
+                                   headers=auth)  # fmt: skip
+        assert profile.status == 200
+        person = Explanation.model_validate(await profile.json())
+        assert person.links is not None
+        assert [link["event_id"] for link in person.links] == ["sb1"]
+        missing = await client.get("/v1/explain", params={"kind": "phone", "value": "8 916 000 11 22"}, headers=auth)
+        assert missing.status == 404
+        bad = await client.get("/v1/explain", params={"kind": "phone", "value": "12"}, headers=auth)
+        assert bad.status == 400
+        assert (await bad.json())["code"] == "invalid_number"
+
+    run(store, scenario, tokens=(TOKEN.encode(),))

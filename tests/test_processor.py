@@ -74,7 +74,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_with_its_bytes_and_the_reason(s
     values = [
         b"not json",
         b"\xff\xfe\x00",
-        event("u", 0, ("phone", "89161234567"), ("email", "a@b.ru"), type="identity_unlink"),
+        event("u", 0, ("phone", "89161234567"), type="identity_unlink"),  # an unlink needs two identifiers
         event("ok", 1, ("ga_client_id", "1.2")),
     ]
     out = Processor(store).process(inbound(values, 100))
@@ -82,7 +82,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_with_its_bytes_and_the_reason(s
     assert [(d.offset, d.error["code"]) for d in letters] == [
         (100, "invalid_message"),
         (101, "invalid_message"),
-        (102, "unsupported_event"),
+        (102, "invalid_message"),
     ]
     assert letters[0].value_utf8 == "not json"
     assert letters[1].value_base64 == "//4A"
@@ -101,7 +101,7 @@ def test_conflicts_and_rejected_identifiers_are_reported(store: RedisIdentitySto
                     "a",
                     0,
                     ("crm_contact_id", "1"),
-                    ("phone", "89161234567"),
+                    ("email", "ivan@mail.ru"),
                     type="crm_stage",
                     crm={"deal_id": "d1", "stage": "new"},
                 )
@@ -109,7 +109,7 @@ def test_conflicts_and_rejected_identifiers_are_reported(store: RedisIdentitySto
         )
     )
     out = processor.process(
-        inbound([event("b", 1, ("crm_contact_id", "2"), ("phone", "89161234567"), ("email", "test@test.ru"))], 1)
+        inbound([event("b", 1, ("crm_contact_id", "2"), ("email", "ivan@mail.ru"), ("email", "test@test.ru"))], 1)
     )
     changes = [IdentityChange.model_validate_json(o.value or b"") for o in on(out, "identity.changes")]
     assert sorted(c.type for c in changes) == ["conflict", "rejected_identifiers"]
@@ -144,8 +144,8 @@ class FailsOn:
             raise redis.ResponseError("script failed")
         return self.store.apply_batch(touches)
 
-    def snapshot(self, profile_ids: Sequence[str]) -> Snapshot:
-        return self.store.snapshot(profile_ids)
+    def snapshot(self, profile_ids: Sequence[str], extra_versions: int = 0) -> Snapshot:
+        return self.store.snapshot(profile_ids, extra_versions)
 
     def unfired(self, trigger_ids: Sequence[str]) -> set[str]:
         return self.store.unfired(trigger_ids)
@@ -173,3 +173,54 @@ def test_a_poison_event_is_dead_lettered_and_the_rest_of_its_batch_applies(store
         "y",
     ]
     assert store.lookup_raw("ga_client_id", "2.2") is None
+
+
+def test_an_erasure_sends_erased_then_a_tombstone_and_no_personal_data(store: RedisIdentityStore) -> None:
+    processor = Processor(store)
+    first = processor.process(inbound([event("a", 0, ("phone", "89161234567"), ("email", "ivan@mail.ru"))]))
+    created = [ProfileUpdate.model_validate_json(o.value or b"") for o in on(first, "profiles.updates")]
+    pid = created[0].profile_id
+    out = processor.process(inbound([event("x", 5, ("email", "ivan@mail.ru"), type="erase_request")], 1))
+    messages = on(out, "profiles.updates")
+    assert [o.key for o in messages] == [pid.encode(), pid.encode()]
+    erased = ProfileUpdate.model_validate_json(messages[0].value or b"")
+    assert (erased.kind, erased.profile, erased.profile_id) == ("erased", None, pid)
+    assert erased.version > created[0].version
+    assert erased.evidence[0]["rule"] == "erasure"
+    assert messages[1].value is None  # the tombstone: compaction forgets the key
+    assert b"ivan" not in (messages[0].value or b"")
+    assert b"9161234567" not in (messages[0].value or b"")
+    changes = [IdentityChange.model_validate_json(o.value or b"") for o in on(out, "identity.changes")]
+    assert [(c.type, c.profile_id) for c in changes] == [("erased", pid)]
+
+
+def test_a_split_names_what_moved_and_why(store: RedisIdentityStore) -> None:
+    processor = Processor(store)
+    office = ("phone", "8 495 777 00 11")
+    processor.process(
+        inbound(
+            [
+                event("c1", 0, office, ("ga_client_id", "1.1"), type="call"),
+                event("f1", 1, ("ga_client_id", "1.1"), ("email", "anna@mail.ru"), ("phone", "89161110000")),
+            ]
+        )
+    )
+    # a second person's identifiers seen with the switchboard: it is shared, the glue comes apart
+    out = processor.process(
+        inbound(
+            [
+                event("c2", 2, office, ("ga_client_id", "2.2"), type="call"),
+                event("f2", 3, ("ga_client_id", "2.2"), ("email", "boris@mail.ru"), ("phone", "89162220000")),
+            ],
+            2,
+        )
+    )
+    updates = [ProfileUpdate.model_validate_json(o.value or b"") for o in on(out, "profiles.updates") if o.value]
+    splits = [u for u in updates if u.kind == "split"]
+    assert splits
+    assert any(e["rule"] == "shared_identifier" for u in splits for e in u.evidence)
+    assert any(e.get("shared") == [{"kind": "phone", "value": "+74957770011"}] for u in splits for e in u.evidence)
+    changes = [IdentityChange.model_validate_json(o.value or b"") for o in on(out, "identity.changes")]
+    split_changes = [c for c in changes if c.type == "split"]
+    assert split_changes
+    assert all(c.evidence and c.evidence["rule"] == "shared_identifier" for c in split_changes)
