@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import redis
 
-from identity import Identifier, IdstreamError, Normalizer
+from identity import Identifier, IdstreamError, Normalizer, Touch
 from schemas import InvalidMessage, TouchEvent, decode_touch, export_schemas
 from streams.generate import GeneratedStream, generate
 from streams.runtime import tune_gc
@@ -271,6 +271,61 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _dump({"status": "not_found"}, sys.stdout)
         return 1
     _dump(answer, sys.stdout)
+    return 0
+
+
+class _Service:
+    """The accuracy harness's way through the running service: produce to Kafka, wait, read Redis."""
+
+    def __init__(self, settings: Settings, timeout: float) -> None:
+        from kafka import KafkaProducer  # noqa: PLC0415
+
+        self.settings, self.timeout = settings, timeout
+        self.bootstrap = servers(settings).kafka
+        self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks=1)
+        self.store = _store(settings)
+
+    def send(self, touches: Sequence[Touch]) -> None:
+        topic = self.settings.touch_topics[0]
+        for touch in touches:
+            self.producer.send(topic, TouchEvent.from_touch(touch).model_dump_json().encode())
+        self.producer.flush()
+        deadline = time.monotonic() + self.timeout
+        while _group_lag(self.bootstrap, self.settings.app_id, self.settings.touch_topics) > 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the workers did not consume the stream within {self.timeout:.0f} s")
+            time.sleep(0.5)
+
+    def match(self, ident: Identifier) -> Any:
+        return self.store.match(ident)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Replay a generated stream (or the Senzing truth set) through idstream and score it against the truth."""
+    from streams.evaluate import StoreResolver, evaluate, senzing_stream  # noqa: PLC0415
+    from streams.generate import JUNK_EMAILS  # noqa: PLC0415
+
+    settings = Settings()
+    if args.senzing:
+        touches, truth = senzing_stream(Path(args.senzing))
+        name, junk = "senzing-truthsets/demo", []
+        truth_map: dict[str, Any] = dict(truth)
+    else:
+        stream = generate(args.persons, args.seed)
+        touches, truth_map = stream.touches, dict(stream.truth)
+        name, junk = f"generated persons={args.persons} seed={args.seed}", [("email", j) for j in JUNK_EMAILS]
+    if args.through == "memory":
+        resolver: Any = StoreResolver(settings.graph())
+    elif args.through == "redis":
+        store = _store(settings)
+        store.clear()
+        resolver = StoreResolver(store)
+    else:
+        resolver = _Service(settings, args.timeout)
+    policy = settings.policy()
+    normalizer = Normalizer(settings.normalizer_config())
+    report = evaluate(resolver, touches, truth_map, normalizer=normalizer, policy=policy, erase=args.erase, junk=junk)
+    _dump({"dataset": name, "through": args.through, **report}, sys.stdout)
     return 0
 
 
@@ -529,6 +584,21 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("kind")
     lookup.add_argument("value")
     lookup.set_defaults(func=cmd_lookup)
+
+    evaluate = sub.add_parser("evaluate", help="score idstream against the truth of a generated stream or Senzing")
+    evaluate.add_argument("--persons", type=int, default=2000)
+    evaluate.add_argument("--seed", type=int, default=1)
+    evaluate.add_argument("--erase", type=int, default=20, help="persons to erase (then re-send their history)")
+    evaluate.add_argument("--senzing", metavar="DIR", help="the Senzing truth-sets folder, not a generated stream")
+    evaluate.add_argument(
+        "--through",
+        choices=["service", "redis", "memory"],
+        default="service",
+        help="service (default): produce to the running service's topic and read its Redis; redis: apply to the "
+        "configured Redis directly (clears the graph first); memory: an in-process graph",
+    )
+    evaluate.add_argument("--timeout", type=float, default=600.0)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     explain = sub.add_parser(
         "explain", help="why identifiers are one person (KIND VALUE [KIND VALUE]), or a profile (--profile ID)"

@@ -14,6 +14,8 @@ from identity.policy import (
     DEFAULT_LEAD_POINTS,
     DEFAULT_LIMITS,
     DEFAULT_LOST_STAGES,
+    DEFAULT_SHARED_CLUSTERS,
+    DEFAULT_SHARED_PERSONS,
     DEFAULT_WON_STAGES,
 )
 from identity.triggers import RULES as TRIGGER_RULES
@@ -81,6 +83,19 @@ class Settings(BaseSettings):
     webhook_dlq_topic: str = "webhooks.dlq"
     webhook_concurrency: int = Field(32, ge=1, description="Deliveries in flight at once per webhook worker.")
 
+    shared_persons: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_SHARED_PERSONS),
+        description="Shared-identifier detection: a value of a kind is shared when seen with more persons (JSON).",
+    )
+    shared_clusters: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_SHARED_CLUSTERS),
+        description="...or, when nobody claimed it beside their own identifiers, with more clusters (JSON).",
+    )
+    erasure_key: SecretStr = Field(
+        SecretStr("idstream-development-erasure-key"),
+        description="Key of the hashes erased identifiers are remembered by. Set a long random secret in "
+        "production and never change it: a changed key forgets every erasure.",
+    )
     api_tokens: list[SecretStr] = Field(
         default_factory=list,
         description="Bearer tokens of the lookup API (JSON list, 16+ characters each); none: loopback only, open.",
@@ -146,6 +161,8 @@ class Settings(BaseSettings):
             lead_points=dict(self.lead_points),
             won_stages=frozenset(self.won_stages),
             lost_stages=frozenset(self.lost_stages),
+            shared_persons=dict(self.shared_persons),
+            shared_clusters=dict(self.shared_clusters),
         )
 
     def trigger_rules_config(self) -> TriggerRules:
@@ -161,8 +178,16 @@ class Settings(BaseSettings):
 
     def redis_store(self, client: redis.Redis) -> RedisIdentityStore:
         """The Redis identity graph configured by these settings."""
-        return RedisIdentityStore(client, self.policy(), Normalizer(self.normalizer_config()), self.redis_prefix)
+        return RedisIdentityStore(
+            client,
+            self.policy(),
+            Normalizer(self.normalizer_config()),
+            self.redis_prefix,
+            self.erasure_key.get_secret_value().encode(),
+        )
 
     def graph(self) -> IdentityGraph:
         """An in-memory identity graph configured by these settings."""
-        return IdentityGraph(self.policy(), Normalizer(self.normalizer_config()))
+        return IdentityGraph(
+            self.policy(), Normalizer(self.normalizer_config()), self.erasure_key.get_secret_value().encode()
+        )
