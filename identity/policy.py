@@ -51,10 +51,10 @@ DEFAULT_PERSONAL_KINDS: frozenset[str] = frozenset({"crm_contact_id", "email", "
 
 #: Shared-identifier detection (see :mod:`identity.shared`): a value of a listed kind is *shared* when the
 #: identifiers seen with it fall, without it, into more than this many distinct persons (clusters holding
-#: a personal kind). A phone with two people behind it (a family phone, a switchboard) is shared; an
-#: e-mail needs three (people keep one address across phones more often than they share one).
+#: a personal kind). A phone or e-mail needs three people behind it: two is too often one person the
+#: CRM knows by phone and a form by e-mail. A device needs two (a family or office computer).
 DEFAULT_SHARED_PERSONS: Mapping[str, int] = MappingProxyType(
-    {"phone": 1, "email": 2, "messenger_id": 1, "ga_client_id": 1, "ym_client_id": 1}
+    {"phone": 2, "email": 2, "messenger_id": 2, "ga_client_id": 1, "ym_client_id": 1}
 )
 
 #: ...or, for a value no person ever gave beside a personal identifier of theirs (a caller id seen only

@@ -339,7 +339,7 @@ def test_the_api_normalizes_with_the_stream_s_settings() -> None:
 
 
 def test_explain_answers_why_and_needs_the_token(store: RedisIdentityStore) -> None:
-    """The office switchboard anna and boris share: the path between them, and why it does not join them."""
+    """The office phone two CRM contacts share: the path between them, and why it does not join them."""
 
     async def scenario(client: TestClient[Any, Any]) -> None:
         assert (await client.get("/v1/explain", params={"profile_id": "x"})).status == 401
@@ -351,9 +351,12 @@ def test_explain_answers_why_and_needs_the_token(store: RedisIdentityStore) -> N
         assert answer.same_person is False
         assert answer.path is not None
         assert [s["event_id"] for s in answer.path] == ["sb1", "sb2"]
-        assert answer.path[0]["reason"] == "shared_identifier"
-        profile = await client.get("/v1/explain", params={"profile_id": store.lookup_raw("email", "anna@romashka.ru")},
-                                   headers=auth)  # fmt: skip
+        assert answer.path[0]["linked"] is True  # the office phone is anna's (she showed it first)...
+        assert answer.path[1]["reason"] == "limit_exceeded"  # ...and one CRM contact per person keeps boris out
+        assert answer.path[1]["kind"] == "crm_contact_id"
+        anna = store.lookup_raw("email", "anna@romashka.ru")
+        assert anna is not None
+        profile = await client.get("/v1/explain", params={"profile_id": anna}, headers=auth)
         assert profile.status == 200
         person = Explanation.model_validate(await profile.json())
         assert person.links is not None

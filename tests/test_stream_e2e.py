@@ -28,6 +28,7 @@ from identity import IdentityGraph, Touch
 from schemas import DeadLetter, ProfileUpdate, TouchEvent
 from streams.app import ensure_topics
 from streams.cli import _group_lag, read_topic
+from streams.generate import generate
 from streams.redis_store import RedisIdentityStore
 from streams.settings import Settings
 from tests.test_graph_properties import random_events
@@ -200,8 +201,7 @@ def test_two_workers_on_four_partitions_give_the_same_graph_as_one(deployment: D
 
 
 def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(deployment: Deployment) -> None:
-    rng = random.Random(5)
-    touches = unique([t for _ in range(150) for t in random_events(rng, 8)])
+    touches = unique(generate(170, seed=5).touches)  # realistic: switchboards, junk, late and repeated events
     worker = deployment.start_worker()
     values = wire(touches)
     deployment.produce(values[: len(values) // 2])
