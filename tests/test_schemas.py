@@ -202,4 +202,10 @@ def test_the_published_openapi_description_is_valid_openapi() -> None:
 
     document = json.loads(render(OPENAPI))
     validate(document)
-    assert set(document["paths"]) == {"/v1/lookup", "/v1/lookup/batch", "/v1/profiles/{profile_id}", "/healthz"}
+    assert set(document["paths"]) == {
+        "/v1/lookup",
+        "/v1/lookup/batch",
+        "/v1/profiles/{profile_id}",
+        "/v1/explain",
+        "/healthz",
+    }
