@@ -332,7 +332,8 @@ class IdentityGraph:
         person = owner.get(strongest)
         if person is not None and mode == AUTO:
             # The steady state: the identifiers are known. Often nothing structural can change.
-            group = self._groups[self._find(strongest)]
+            root = self._find(strongest)
+            group = self._groups[root]
             signature = (frozenset(accepted), mode)
             held = group.evidence.get(signature)
             if held is not None and held.key < key:
@@ -342,7 +343,6 @@ class IdentityGraph:
             ):
                 ordered = tuple(sorted(accepted, key=self._order))  # replays take identifiers strongest first
                 event = _Evidence(key, touch, ordered, mode)
-                root = self._find(strongest)
                 if held is None and self._shared_shift(event, {root}):
                     return self._replay(event, {root}, bad, self._status({root}, key))
                 if group.max_key < key:
@@ -783,8 +783,8 @@ class IdentityGraph:
             person = self._owner[node]
             if person.id not in after:
                 after[person.id] = frozenset(person.nodes)
-        changes = self._diff(before, after, event.key[1], self._owner[event.ids[0]].id)
         primary = self._owner[event.ids[0]].id
+        changes = self._diff(before, after, event.key[1], primary)
         newly = tuple(sorted(shared - was_shared))
         return ApplyResult(event.key[1], status, primary, changes, self._live(conflicts), rejected, newly)
 
