@@ -19,13 +19,14 @@ import bisect
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson  # reading profiles (the lookup API's hot path) decodes every stored view
 
+from identity.attribution import LEAD_TYPES, Channel, ChannelRanks, PathStep, attribute_all, channel_of, credits_view
 from identity.policy import ResolutionPolicy
-from identity.touch import AttributeValue, Touch, TouchType, key_text
+from identity.touch import KEY_TIME_DIGITS, AttributeValue, Touch, TouchType, key_text
 
 __all__ = ["Golden", "contribution", "render"]
 
@@ -43,6 +44,11 @@ Claim = tuple[tuple[int, EventKey], AttributeValue, Touch]
 
 def _key(stamped: Stamped) -> EventKey:
     return stamped[0]
+
+
+def _step_key(step: PathStep) -> EventKey:
+    key: EventKey = step[0]
+    return key
 
 
 def _touch_view(touch: Touch) -> dict[str, Any]:
@@ -78,10 +84,14 @@ class Golden:
     recent: list[Stamped] = field(default_factory=list)  # ascending by key
     deals: dict[str, Stamped] = field(default_factory=dict)  # deal id -> its latest crm_stage touch
     score: int = 0
+    path: list[PathStep] = field(default_factory=list)  # the earliest marketing touches, ascending by key
+    path_total: int = 0  # every marketing touch, kept or not
+    lead: EventKey | None = None  # the first call or form
+    created: dict[str, EventKey] = field(default_factory=dict)  # deal id -> its first crm_stage touch
 
-    def add(self, touch: Touch, key: EventKey, trust: int, keep: int, points: int = 0) -> None:
+    def add(self, touch: Touch, key: EventKey, trust: int, keep: int, *, points: int = 0, path_keep: int = 0) -> None:
         """Fold one touch in. ``trust`` ranks its attribute values; ``keep`` bounds ``recent``;
-        ``points`` is what the touch adds to the lead score."""
+        ``points`` is what the touch adds to the lead score; ``path_keep`` bounds the attribution path."""
         self.score += points
         if touch.attributes:
             rank = (trust, key)
@@ -96,8 +106,16 @@ class Golden:
             deal = self.deals.get(crm.deal_id)
             if deal is None or key > deal[0]:
                 self.deals[crm.deal_id] = (key, touch)
+            created = self.created.get(crm.deal_id)
+            if created is None or key < created:
+                self.created[crm.deal_id] = key
         if touch.type not in _CONTACT_TYPES:
             return
+        channel = channel_of(touch)
+        if channel is not None:
+            self._step(key, channel, path_keep)
+            if touch.type in LEAD_TYPES and (self.lead is None or key < self.lead):
+                self.lead = key
         counts = self.counts
         counts[touch.type] = counts.get(touch.type, 0) + 1
         project = touch.attributes.get("project")
@@ -120,6 +138,14 @@ class Golden:
             if len(recent) > keep:
                 del recent[0]
 
+    def _step(self, key: EventKey, channel: Channel, path_keep: int) -> None:
+        self.path_total += 1
+        path = self.path
+        if len(path) < path_keep or (path and key < path[-1][0]):
+            path.insert(bisect.bisect_left(path, key, key=_step_key), (key, channel))
+            if len(path) > path_keep:
+                path.pop()
+
     def serialize(self) -> dict[str, Any]:
         """The aggregate in the store-neutral form that :func:`render` reads (see :func:`contribution`)."""
         out: dict[str, Any] = {
@@ -131,6 +157,13 @@ class Golden:
             "d": {d: [key_text(k), _dumps(_deal_view(t))] for d, (k, t) in self.deals.items()},
             "s": self.score,
         }
+        if self.path_total:
+            out["m"] = [[key_text(k), c.source, c.medium, c.campaign] for k, c in self.path]
+            out["mn"] = self.path_total
+        if self.lead is not None:
+            out["ld"] = key_text(self.lead)
+        if self.created:
+            out["dc"] = {d: key_text(k) for d, k in self.created.items()}
         if self.first is not None:
             out["f"] = [key_text(self.first[0]), _dumps(_touch_view(self.first[1]))]
         if self.last is not None:
@@ -161,7 +194,8 @@ def _deal_view(touch: Touch) -> dict[str, Any]:
 #
 #   {"a": {attr: [rank, payload]}, "c": {type: n}, "pj": {project: n}, "pg": {page: n},
 #    "f": [key, view], "l": [key, view], "r": [[key, view], ...ascending], "d": {deal: [key, view]},
-#    "s": lead-score points}
+#    "s": lead-score points, "m": [[key, source, medium, campaign], ...ascending, the earliest only],
+#    "mn": marketing touches, "ld": key of the first call or form, "dc": {deal: key of its first stage}}
 #
 # and :func:`render` turns any number of aggregates into the golden profile fields, exactly as
 # :meth:`Golden.to_dict` does for the in-memory fold.
@@ -192,6 +226,11 @@ def contribution(touch: Touch, key: EventKey, trust: int, points: int = 0) -> di
     if touch.crm is not None:
         out["deal"] = [touch.crm.deal_id, _dumps(_deal_view(touch))]
     if touch.type in _CONTACT_TYPES:
+        channel = channel_of(touch)
+        if channel is not None:
+            out["ch"] = [channel.source, channel.medium, channel.campaign]
+            if touch.type in LEAD_TYPES:
+                out["lead"] = 1
         out["type"] = touch.type.value
         out["view"] = _dumps(_touch_view(touch))
         for name, short in (("project", "project"), ("page", "page")):
@@ -221,6 +260,10 @@ def render(aggregates: Iterable[dict[str, Any]], policy: ResolutionPolicy) -> di
     last: list[str] | None = None
     recent: list[list[str]] = []
     deals: dict[str, list[str]] = {}
+    steps: list[list[str]] = []
+    marketing = 0
+    lead: str | None = None
+    created: dict[str, str] = {}
     for agg in aggregates:
         for name, claim in agg.get("a", {}).items():
             if name not in attributes or claim[0] > attributes[name][0]:
@@ -238,9 +281,20 @@ def render(aggregates: Iterable[dict[str, Any]], policy: ResolutionPolicy) -> di
             if deal_id not in deals or deal[0] > deals[deal_id][0]:
                 deals[deal_id] = deal
         score += int(agg.get("s") or 0)
+        if "mn" in agg:
+            steps.extend(agg["m"] or [])
+            marketing += int(agg["mn"])
+        ld = agg.get("ld")
+        if ld and (lead is None or ld < lead):
+            lead = ld
+        for deal_id, key in (agg.get("dc") or {}).items():
+            if deal_id not in created or key < created[deal_id]:
+                created[deal_id] = key
     recent.sort(key=lambda kv: kv[0])
     views = {name: orjson.loads(claim[1]) for name, claim in attributes.items()}
     name = views.get("name")
+    paths = _Path(steps, marketing, policy)
+    converted = min((k for k in (lead, *created.values()) if k), default=None)
     return {
         "display_name": name["value"] if name is not None and isinstance(name["value"], str) else None,
         "attributes": {k: views[k] for k in sorted(views)},
@@ -249,11 +303,50 @@ def render(aggregates: Iterable[dict[str, Any]], policy: ResolutionPolicy) -> di
         "last_touch": orjson.loads(last[1]) if last else None,
         "recent_touches": [orjson.loads(v) for _, v in reversed(recent[-keep:] if keep else [])],
         "touch_counts": dict(sorted(counts.items())),
-        "deals": {d: _with_status(orjson.loads(deals[d][1]), policy) for d in sorted(deals)},
+        "deals": {d: _deal(orjson.loads(deals[d][1]), created.get(d), paths, policy) for d in sorted(deals)},
         "lead_score": score,
+        "attribution": {"lead_at": _key_time(converted), **paths.credits(converted)},
     }
 
 
-def _with_status(deal: dict[str, Any], policy: ResolutionPolicy) -> dict[str, Any]:
+def _key_time(key: str | None) -> str | None:
+    """The time of a key in :func:`~identity.touch.key_text` form, as ISO-8601 UTC."""
+    if key is None:
+        return None
+    return (_EPOCH + timedelta(microseconds=int(key[:KEY_TIME_DIGITS]))).isoformat()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Path:
+    """A person's attribution path (merged from its identifiers' aggregates) and the credits it gives."""
+
+    __slots__ = ("kept_all", "keys", "last_kept", "ranks", "steps")
+
+    def __init__(self, steps: list[list[str]], total: int, policy: ResolutionPolicy) -> None:
+        steps.sort(key=lambda step: step[0])
+        del steps[policy.attribution_touches :]  # each identifier kept its earliest: so does the person
+        self.steps: list[PathStep] = [(s[0], Channel(s[1], s[2], s[3])) for s in steps]
+        self.keys = [s[0] for s in steps]
+        self.kept_all = total <= len(steps)
+        self.last_kept = steps[-1][0] if steps else ""
+        self.ranks: ChannelRanks = policy.ranks
+
+    def credits(self, until: str | None) -> dict[str, Any]:
+        """Every model's credits for the touches up to ``until`` (a key text; None: every touch so far)."""
+        n = len(self.keys) if until is None else bisect.bisect_right(self.keys, until)
+        truncated = not self.kept_all and (until is None or until > self.last_kept)
+        models = attribute_all(self.steps[:n], self.ranks)
+        return {
+            "touches": n,
+            "truncated": truncated,
+            "models": {model: credits_view(credits) for model, credits in models.items()},
+        }
+
+
+def _deal(deal: dict[str, Any], created: str | None, path: _Path, policy: ResolutionPolicy) -> dict[str, Any]:
     deal["status"] = policy.deal_status(deal["stage"])
+    deal["created_at"] = _key_time(created)
+    deal["attribution"] = path.credits(created) if created is not None else None
     return deal

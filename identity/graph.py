@@ -505,7 +505,10 @@ class IdentityGraph:
         agg = self._aggs.get(strongest)
         if agg is None:
             agg = self._aggs[strongest] = Golden()
-        agg.add(touch, key, trust, self.policy.recent_touches, self.policy.points(touch))
+        policy = self.policy
+        agg.add(
+            touch, key, trust, policy.recent_touches, points=policy.points(touch), path_keep=policy.attribution_touches
+        )
 
     def _root_at(self, node: Identifier, key: EventKey) -> Identifier:
         """The root of ``node``'s tree in the history forest as it stood just before ``key``."""

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from identity.attribution import ChannelRanks
 from identity.errors import ConfigurationError
 from identity.touch import Touch, TouchType
 
@@ -127,6 +128,13 @@ class ResolutionPolicy:
     shared_persons: Mapping[str, int] = field(default_factory=lambda: DEFAULT_SHARED_PERSONS)
     shared_clusters: Mapping[str, int] = field(default_factory=lambda: DEFAULT_SHARED_CLUSTERS)
     personal_kinds: frozenset[str] = DEFAULT_PERSONAL_KINDS
+    #: The operator's rank of ``source/medium`` pairs for the ``rank`` attribution model (see
+    #: :class:`identity.attribution.ChannelRanks`).
+    channel_ranks: Mapping[str, int] = field(default_factory=dict)
+    #: Marketing touches per person kept for attribution in the golden profile (the earliest ones; a
+    #: conversion after more touches is marked ``truncated`` there; the warehouse keeps every touch).
+    attribution_touches: int = 100
+    ranks: ChannelRanks = field(init=False, repr=False, compare=False)
     _point_rules: tuple[tuple[str, str | None, str | None, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -143,6 +151,9 @@ class ResolutionPolicy:
                 raise ConfigurationError(f"trust of {name!r} must be 0-999, got {trust}")
         if self.won_stages & self.lost_stages:
             raise ConfigurationError(f"stages both won and lost: {sorted(self.won_stages & self.lost_stages)}")
+        if self.attribution_touches < 0:
+            raise ConfigurationError("attribution_touches must not be negative")
+        object.__setattr__(self, "ranks", ChannelRanks(self.channel_ranks))
         rules = tuple((*_parse_point_rule(rule), points) for rule, points in sorted(self.lead_points.items()))
         object.__setattr__(self, "_point_rules", rules)
 

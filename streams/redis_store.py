@@ -190,6 +190,7 @@ class RedisIdentityStore:
                 "limits": dict(self.policy.limits),
                 "anchors": sorted(self.policy.anchor_kinds),
                 "keep": self.policy.recent_touches,
+                "path": self.policy.attribution_touches,
                 "sp": dict(self.policy.shared_persons),
                 "sc": dict(self.policy.shared_clusters),
                 "pk": sorted(self.policy.personal_kinds),

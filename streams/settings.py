@@ -119,6 +119,14 @@ class Settings(BaseSettings):
         24.0, ge=0, description="Touches older than this fire no trigger (replays stay quiet); 0: no limit."
     )
     lost_stages: list[str] = Field(default_factory=lambda: sorted(DEFAULT_LOST_STAGES))
+    channel_ranks: dict[str, int] = Field(
+        default_factory=dict,
+        description='Ranks of "source/medium" pairs for the rank attribution model, e.g. '
+        '{"yandex/cpc": 100, "google/*": 50}; higher wins, the earliest among equals; unlisted pairs rank 0.',
+    )
+    attribution_touches: int = Field(
+        100, ge=0, description="Marketing touches per person kept for attribution in the golden profile."
+    )
     state_file: Path = Field(
         default_factory=lambda: Path.home() / ".idstream" / "runtime.json",
         description="Where `idstream up` leaves the addresses of the runtime it started.",
@@ -163,6 +171,8 @@ class Settings(BaseSettings):
             lost_stages=frozenset(self.lost_stages),
             shared_persons=dict(self.shared_persons),
             shared_clusters=dict(self.shared_clusters),
+            channel_ranks=dict(self.channel_ranks),
+            attribution_touches=self.attribution_touches,
         )
 
     def trigger_rules_config(self) -> TriggerRules:

@@ -6,7 +6,7 @@
 -- *fields* and values, never in key names or code.
 --
 -- KEYS: seen owner person pidx redirect gparent group ev born hparent hkey hsize agg meta shared apart erased
--- ARGV[1]: policy JSON {"limits": {kind: n}, "anchors": [kind], "keep": n, "sp": {kind: n}, "sc": {kind: n},
+-- ARGV[1]: policy JSON {"limits": {kind: n}, "anchors": [kind], "keep": n, "path": n, "sp": {kind: n}, "sc": {kind: n},
 --                       "pk": [personal kind], "prio": [kind, strongest first]}
 -- ARGV[2]: batch JSON [{"e": event_id, "k": key, "m": mode (0 auto, 1 link, 2 unlink), "ids": [node, strongest
 --                      first], "sig": signature, "c": contribution, "x": evidence meta JSON, "h": {node: keyed hash}
@@ -31,6 +31,7 @@ local policy = cjson.decode(ARGV[1])
 local LIMITS = policy.limits
 local ANCHORS = policy.anchors
 local KEEP = policy.keep
+local PATH = policy.path
 local SP, SC, PK, PRIO = policy.sp, policy.sc, {}, {}
 for _, kind in ipairs(policy.pk) do PK[kind] = true end
 for i, kind in ipairs(policy.prio) do PRIO[kind] = i end
@@ -881,8 +882,23 @@ local function fold(node, c)
   if c.deal ~= nil then
     local held = a.d[c.deal[1]]
     if held == nil or lt(held[1], c.k) then a.d[c.deal[1]] = { c.k, c.deal[2] } end
+    if a.dc == nil then a.dc = {} end
+    local born = a.dc[c.deal[1]]
+    if born == nil or lt(c.k, born) then a.dc[c.deal[1]] = c.k end
   end
   if c.type == nil then return end
+  if c.ch ~= nil then -- the attribution path: the earliest PATH marketing touches, ascending
+    a.mn = (a.mn or 0) + 1
+    if a.m == nil then a.m = {} end
+    local m = a.m
+    if #m < PATH or (#m > 0 and lt(c.k, m[#m][1])) then
+      local i = #m + 1
+      while i > 1 and lt(c.k, m[i - 1][1]) do i = i - 1 end
+      table.insert(m, i, { c.k, c.ch[1], c.ch[2], c.ch[3] })
+      while #m > PATH do table.remove(m) end
+    end
+    if c.lead ~= nil and (a.ld == nil or lt(c.k, a.ld)) then a.ld = c.k end
+  end
   a.c[c.type] = (a.c[c.type] or 0) + 1
   if c.project ~= nil then a.pj[c.project] = (a.pj[c.project] or 0) + 1 end
   if c.page ~= nil then a.pg[c.page] = (a.pg[c.page] or 0) + 1 end
