@@ -3,6 +3,7 @@
 from schemas.errors import FieldError, InvalidMessage
 from schemas.export import SCHEMAS, export_schemas, json_schema
 from schemas.outputs import DeadLetter, IdentityChange, ProfileUpdate, Trigger
+from schemas.spend import AdSpend, decode_spend
 from schemas.touch import (
     MAX_IDENTIFIERS,
     MAX_MESSAGE_BYTES,
@@ -18,6 +19,7 @@ __all__ = [
     "MAX_IDENTIFIERS",
     "MAX_MESSAGE_BYTES",
     "SCHEMAS",
+    "AdSpend",
     "CrmIn",
     "DeadLetter",
     "FieldError",
@@ -29,6 +31,7 @@ __all__ = [
     "Trigger",
     "UtmIn",
     "WebhookDeadLetter",
+    "decode_spend",
     "decode_touch",
     "export_schemas",
     "json_schema",

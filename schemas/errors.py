@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from identity.errors import InvalidInput
 
-__all__ = ["FieldError", "InvalidMessage"]
+__all__ = ["FieldError", "InvalidMessage", "decode"]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class FieldError(BaseModel):
@@ -50,3 +52,20 @@ class InvalidMessage(InvalidInput):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "errors": [e.model_dump() for e in self.errors]}
+
+
+def decode(model: type[M], raw: bytes | str, limit: int) -> M:
+    """Decode one JSON message into ``model``, or raise :class:`InvalidMessage` naming every bad field.
+
+    Never raises anything else for any input: not JSON, invalid UTF-8, deep nesting, wrong types and
+    messages over ``limit`` bytes all become ``InvalidMessage``.
+    """
+    size = len(raw.encode() if isinstance(raw, str) else raw)
+    if size > limit:
+        raise InvalidMessage.single("(message)", "too_large", f"message is {size} bytes; the limit is {limit}")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidMessage.from_validation_error(exc) from None
+    except (ValueError, RecursionError) as exc:  # defensive: the parser's own limits
+        raise InvalidMessage.single("(message)", "json_invalid", str(exc)[:200]) from None

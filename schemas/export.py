@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from schemas.api import openapi
 from schemas.errors import FieldError
 from schemas.outputs import DeadLetter, IdentityChange, ProfileUpdate, Trigger
+from schemas.spend import AdSpend
 from schemas.touch import TouchEvent
 from schemas.webhooks import WebhookDeadLetter
 
@@ -19,6 +20,7 @@ __all__ = ["OPENAPI", "SCHEMAS", "export_schemas", "json_schema"]
 #: File name -> model. The version in the name changes when the contract breaks.
 SCHEMAS: dict[str, type[BaseModel]] = {
     "touch-event.v1.json": TouchEvent,
+    "ad-spend.v1.json": AdSpend,
     "field-error.v1.json": FieldError,
     "profile-update.v1.json": ProfileUpdate,
     "identity-change.v1.json": IdentityChange,

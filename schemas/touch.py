@@ -21,7 +21,6 @@ from pydantic import (
     PlainValidator,
     StrictStr,
     StringConstraints,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -30,7 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from identity.normalize import MAX_RAW_LENGTH
 from identity.touch import AttributeValue, CrmInfo, Touch, TouchType, Utm
-from schemas.errors import InvalidMessage
+from schemas.errors import decode
 
 __all__ = [
     "MAX_IDENTIFIERS",
@@ -224,14 +223,4 @@ def decode_touch(raw: bytes | str) -> TouchEvent:
     Never raises anything else for any input: not JSON, invalid UTF-8, deep
     nesting, wrong types and oversized messages all become ``InvalidMessage``.
     """
-    size = len(raw.encode() if isinstance(raw, str) else raw)
-    if size > MAX_MESSAGE_BYTES:
-        raise InvalidMessage.single(
-            "(message)", "too_large", f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}"
-        )
-    try:
-        return TouchEvent.model_validate_json(raw)
-    except ValidationError as exc:
-        raise InvalidMessage.from_validation_error(exc) from None
-    except (ValueError, RecursionError) as exc:  # defensive: the parser's own limits
-        raise InvalidMessage.single("(message)", "json_invalid", str(exc)[:200]) from None
+    return decode(TouchEvent, raw, MAX_MESSAGE_BYTES)

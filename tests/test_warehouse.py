@@ -1,0 +1,435 @@
+"""The warehouse sink and the channel report, against a real SQLite file and a real PostgreSQL.
+
+The touches go through the real resolver (Redis store and processor) first, so the warehouse sees
+exactly the ``profiles.updates`` messages a deployment produces: merges, splits, tombstones, erasures.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, select, text
+
+from identity import CrmInfo, Normalizer, ResolutionPolicy, Touch, Utm
+from identity.graph import DEFAULT_ERASURE_KEY
+from identity.triggers import TriggerRules
+from schemas import TouchEvent
+from sinks.warehouse import Message, WarehouseWriter, connect, head_revision, migrate, revision
+from sinks.warehouse import tables as t
+from sinks.warehouse.report import channel_report, plot, render
+from streams.processor import Inbound, OutputTopics, Processor
+from streams.redis_store import RedisIdentityStore
+from tests.conftest import T0, touch
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL of the development machines, or a skip that says what is missing."""
+    import psycopg
+
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            pass
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL reachable at 127.0.0.1:5432 (trust auth, user postgres): {exc}".strip())
+    return PG_ADMIN
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty, migrated warehouse: a SQLite file, or a fresh PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        engine = connect(f"sqlite:///{tmp_path / 'warehouse.db'}")
+        migrate(engine)
+        yield engine
+        engine.dispose()
+        return
+    import psycopg
+
+    admin_url = request.getfixturevalue("postgres_server")
+    name = f"idstream_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    engine = connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    try:
+        migrate(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Pipeline:
+    """The resolver (real Redis store and processor) feeding the warehouse writer."""
+
+    def __init__(self, client: redis.Redis, engine: Engine, policy: ResolutionPolicy | None = None) -> None:
+        self.policy = policy or ResolutionPolicy()
+        self.store = RedisIdentityStore(client, self.policy, prefix=f"wh-{uuid.uuid4().hex[:12]}")
+        self.processor = Processor(self.store, OutputTopics(), TriggerRules(enabled=frozenset()))
+        self.writer = WarehouseWriter(engine, self.policy, Normalizer(), DEFAULT_ERASURE_KEY)
+        self.offset = 0
+        self.log: list[Message] = []  # every message the warehouse was given, in order
+
+    def resolve(self, touches: Sequence[Touch]) -> tuple[list[Message], list[Message]]:
+        """Resolve touches one batch each; returns the raw touch messages and the profile messages."""
+        raw, profiles = [], []
+        for item in touches:
+            self.offset += 1
+            value = TouchEvent.from_touch(item).model_dump_json().encode()
+            topic = "touches.crm" if item.type.value == "crm_stage" else "touches.site"
+            raw.append(Message(topic, 0, self.offset, None, value))
+            for out in self.processor.process([Inbound(value, topic, 0, self.offset)]):
+                if out.topic == "profiles.updates":
+                    self.offset += 1
+                    profiles.append(Message(out.topic, 0, self.offset, out.key, out.value))
+        return raw, profiles
+
+    def write(self, messages: Sequence[Message]) -> Any:
+        self.log.extend(messages)
+        return self.writer.write(messages)
+
+    def feed(self, touches: Sequence[Touch]) -> None:
+        raw, profiles = self.resolve(touches)
+        for item in raw:  # touch by touch, each followed by what the resolver said about it
+            self.write([item])
+        self.write(profiles)
+
+
+@pytest.fixture
+def pipeline(redis_client: redis.Redis, warehouse: Engine) -> Pipeline:
+    return Pipeline(redis_client, warehouse)
+
+
+def rows(engine: Engine, table: Any, *skip: str) -> list[tuple[Any, ...]]:
+    """Every row of a table, sorted, without the named columns (e.g. wall-clock times)."""
+    columns = [c for c in table.c if c.name not in skip]
+    with engine.connect() as conn:  # times compare as UTC: SQLite keeps no offset, PostgreSQL answers in its zone
+        found = [tuple(_utc(v) if isinstance(v, datetime) else v for v in r) for r in conn.execute(select(*columns))]
+    return sorted(found)
+
+
+def dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        table.name: rows(engine, table, "updated_at")
+        for table in (t.touches, t.persons, t.person_identifiers, t.deal_stages, t.deals, t.attribution,
+                      t.assists, t.ad_spend)
+    }  # fmt: skip
+
+
+def owners(engine: Engine) -> dict[str, str | None]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(t.touches.c.event_id, t.touches.c.profile_id)).all())
+
+
+GA_PHONE = ("ga_client_id", "GA1.2.100.1700000000")
+GA_LAPTOP = ("ga_client_id", "GA1.2.200.1700000000")
+PHONE = ("phone", "+7 916 100-20-30")
+CRM = ("crm_contact_id", "amo-100")
+
+
+def ivan() -> list[Touch]:
+    """Two devices known apart until the call carries both; then a deal, won."""
+    return [
+        touch("v1", 0, GA_PHONE, utm=Utm("yandex", "cpc", "brand")),
+        touch("v2", 60, GA_LAPTOP, utm=Utm("google", "organic")),
+        touch("f1", 70, GA_LAPTOP, PHONE, type="form_submit"),
+        touch("c1", 120, PHONE, GA_PHONE, type="call", source="calltouch", utm=Utm("yandex", "cpc", "brand")),
+        touch("d1", 180, PHONE, CRM, type="crm_stage", source="amocrm", crm=CrmInfo("deal-1", "new", None, "sales")),
+        touch("d2", 600, CRM, type="crm_stage", source="amocrm",
+              crm=CrmInfo("deal-1", "won", "new", "sales", 250_000.0)),
+    ]  # fmt: skip
+
+
+def test_history_rows_follow_merges_to_the_surviving_person(pipeline: Pipeline) -> None:
+    engine = pipeline.writer.engine
+    pipeline.feed(ivan()[:2])
+    before = owners(engine)
+    assert before["v1"] != before["v2"]  # two devices, two persons so far
+    pipeline.feed(ivan()[2:])
+    live = pipeline.store.lookup_raw(*PHONE)
+    assert live is not None
+    assert owners(engine) == dict.fromkeys(["v1", "v2", "f1", "c1"], live)
+    with engine.connect() as conn:
+        persons = conn.execute(select(t.persons.c.profile_id, t.persons.c.identifiers)).all()
+        deal = conn.execute(select(t.deals)).one()
+        stages = conn.execute(select(t.deal_stages.c.event_id, t.deal_stages.c.profile_id)).all()
+    assert [p for p, _ in persons] == [live]  # the retired ids are gone
+    assert json.loads(persons[0][1])["crm_contact_id"] == ["amo-100"]
+    assert sorted(stages) == [("d1", live), ("d2", live)]
+    assert (deal.profile_id, deal.stage, deal.status, deal.amount) == (live, "won", "won", 250_000.0)
+    assert _utc(deal.created_at) == T0 + timedelta(minutes=180)
+    assert _utc(deal.won_at) == T0 + timedelta(minutes=600)
+
+
+def credits(engine: Engine, conversion: str, model: str) -> dict[str, float]:
+    at = t.attribution
+    with engine.connect() as conn:
+        query = select(at.c.source, at.c.credit).where(at.c.conversion == conversion, at.c.model == model)
+        return {s: round(c, 4) for s, c in conn.execute(query).all()}
+
+
+def test_attribution_rows_are_the_models_credits_of_each_conversion(pipeline: Pipeline) -> None:
+    engine = pipeline.writer.engine
+    pipeline.feed(ivan())
+    # lead: the form at minute 70, after v1 (yandex), v2 (google) and the form itself (direct)
+    assert credits(engine, "lead", "first") == {"yandex": 1.0}
+    assert credits(engine, "lead", "last") == {"(direct)": 1.0}
+    assert credits(engine, "lead", "last_non_direct") == {"google": 1.0}
+    assert credits(engine, "lead", "linear") == {"yandex": 0.3333, "google": 0.3333, "(direct)": 0.3333}
+    assert credits(engine, "lead", "position") == {"yandex": 0.4, "google": 0.2, "(direct)": 0.4}
+    # the deal: created at minute 180, after the call (yandex) too
+    assert credits(engine, "deal", "last") == {"yandex": 1.0}
+    assert credits(engine, "deal", "position") == {"yandex": 0.4 + 0.4, "google": 0.1, "(direct)": 0.1}
+    with engine.connect() as conn:
+        assisted = conn.execute(select(t.assists.c.source)).scalars().all()
+    assert sorted(assisted) == ["(direct)", "google", "yandex"]  # yandex also assisted: v1 came before the end
+    # the golden profile says the same
+    profile = pipeline.store.profile(pipeline.store.lookup_raw(*PHONE) or "")
+    assert profile is not None
+    lead_view = {r["source"]: round(r["credit"], 4) for r in profile["attribution"]["models"]["position"]}
+    assert lead_view == credits(engine, "lead", "position")
+
+
+def test_a_split_rehomes_the_rows_of_the_identifiers_that_moved(pipeline: Pipeline) -> None:
+    engine = pipeline.writer.engine
+    pipeline.feed(ivan()[:5])  # the CRM contact claims the phone: one person
+    merged = pipeline.store.lookup_raw(*PHONE)
+    assert set(owners(engine).values()) == {merged}
+    pipeline.feed([touch("u1", 200, GA_PHONE, PHONE, type="identity_unlink", source="operator")])
+    phone_person, device_person = pipeline.store.lookup_raw(*PHONE), pipeline.store.lookup_raw(*GA_PHONE)
+    assert phone_person != device_person
+    assert pipeline.store.lookup_raw(*GA_LAPTOP) == phone_person
+    # v1 was recorded under the phone's device id; the form and the call under the phone number
+    assert owners(engine) == {"v1": device_person, "v2": phone_person, "f1": phone_person, "c1": phone_person}
+    with engine.connect() as conn:
+        persons = set(conn.scalars(select(t.persons.c.profile_id)))
+        deal_owner = conn.scalar(select(t.deals.c.profile_id))
+    assert persons == {phone_person, device_person}
+    assert deal_owner == phone_person
+    assert set(credits(engine, "deal", "first")) == {"google"}  # the device's yandex visit left the path
+
+
+def test_redelivery_and_either_stream_first_give_the_same_tables(
+    redis_client: redis.Redis, warehouse: Engine, tmp_path: Path
+) -> None:
+    first = Pipeline(redis_client, warehouse)
+    raw, profiles = first.resolve([*ivan(), touch("u1", 700, GA_PHONE, PHONE, type="identity_unlink")])
+    first.write(raw)
+    first.write(profiles)
+    expected = dump(warehouse)
+    assert expected["touches"]
+    assert expected["attribution"]
+    assert expected["deals"]
+    first.write(raw[:3])
+    first.write(profiles[2:])  # a redelivery of part of the stream, mid-way
+    first.write(profiles)
+    assert dump(warehouse) == expected
+    other = connect(f"sqlite:///{tmp_path / 'other.db'}")
+    migrate(other)
+    writer = WarehouseWriter(other, first.policy, Normalizer(), DEFAULT_ERASURE_KEY)
+    for message in profiles:  # the profiles stream entirely first, one message at a time
+        writer.write([message])
+    for message in raw:
+        writer.write([message])
+    got = dump(other)
+    assert {k: v for k, v in got.items() if k != "persons"} == {k: v for k, v in expected.items() if k != "persons"}
+    assert [r[0] for r in got["persons"]] == [r[0] for r in expected["persons"]]
+
+
+def test_an_erased_person_leaves_no_rows(pipeline: Pipeline) -> None:
+    engine = pipeline.writer.engine
+    pipeline.feed(ivan())
+    other = touch("m1", 30, ("ga_client_id", "GA1.2.900.1700000000"), utm=Utm("vk", "cpc"))
+    pipeline.feed([other, touch("x1", 700, PHONE, type="erase_request", source="dpo")])
+    survivors = rows(engine, t.touches)
+    assert [r[0] for r in survivors] == ["m1"]
+    for table in (t.deal_stages, t.deals, t.attribution, t.assists):
+        assert rows(engine, table) == [], table.name
+    with engine.connect() as conn:
+        persons = conn.execute(select(t.persons.c.profile_id, t.persons.c.identifiers)).all()
+    assert len(persons) == 1
+    assert "100-20-30" not in persons[0][1]
+    assert "79161002030" not in persons[0][1]
+
+
+def spend(day: str, source: str, medium: str, cost: float, reported: str, **extra: Any) -> Message:
+    body = {"type": "ad_spend", "date": day, "source": source, "medium": medium, "cost": cost, "currency": "RUB",
+            "reported_at": reported, **extra}  # fmt: skip
+    return Message("ad.spend", 0, 0, None, json.dumps(body).encode())
+
+
+def test_ad_spend_keeps_the_newest_report_of_a_day_and_dead_letters_bad_ones(pipeline: Pipeline) -> None:
+    engine = pipeline.writer.engine
+    newer = spend("2026-11-02", "Yandex", "CPC", 3100.0, "2026-11-04T06:00:00+03:00", campaign="Brand")
+    older = spend("2026-11-02", "yandex", "cpc", 3000.0, "2026-11-03T06:00:00+03:00", campaign="brand")
+    bad = spend("2026-11-02", "yandex", "cpc", -5, "2026-11-03T06:00:00Z", currency="rubles")
+    _, dead = pipeline.write([newer])
+    _, dead_too = pipeline.write([older, bad])  # the older report arrives late: it does not win
+    assert rows(engine, t.ad_spend, "reported_at") == [(date(2026, 11, 2), "yandex", "cpc", "brand", "", "RUB", 3100.0)]
+    assert dead == []
+    assert len(dead_too) == 1
+    fields = {e["field"] for e in dead_too[0].error["errors"]}
+    assert fields == {"cost", "currency"}
+    assert dead_too[0].value_utf8 is not None
+    assert "rubles" in dead_too[0].value_utf8
+
+
+def test_the_schema_is_at_the_newest_migration_and_matches_the_tables(warehouse: Engine) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    assert revision(warehouse) == head_revision()
+    assert migrate(warehouse) == head_revision()  # migrating again is a no-op
+    with warehouse.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), t.METADATA)
+    assert diff == []
+
+
+# ----------------------------------------------------------------------------- the channel report
+
+DAY = datetime(2026, 11, 2, tzinfo=UTC)
+
+
+def at(hour: float) -> float:
+    """Minutes after T0 (2026-11-01 09:00 UTC) of an hour of 2026-11-02 UTC."""
+    return (DAY + timedelta(hours=hour) - T0).total_seconds() / 60
+
+
+def report_world() -> list[Touch]:
+    a, b, c = ("ga_client_id", "GA1.2.1.1"), ("ga_client_id", "GA1.2.2.2"), ("ga_client_id", "GA1.2.3.3")
+    phone_a, phone_b = ("phone", "+7 916 000-00-01"), ("phone", "+7 916 000-00-02")
+    return [
+        touch("a1", at(10), a, utm=Utm("yandex", "cpc", "brand")),
+        touch("a2", at(11), a, utm=Utm("google", "organic")),
+        touch("a3", at(12), a, phone_a, type="form_submit"),
+        touch("ad1", at(13), phone_a, type="crm_stage", source="amocrm", crm=CrmInfo("dA", "new", amount=100_000.0)),
+        touch("ad2", at(15), phone_a, type="crm_stage", source="amocrm", crm=CrmInfo("dA", "won", "new")),
+        touch("b1", at(10.5), b, utm=Utm("yandex", "cpc", "brand")),
+        touch("b2", at(14), b, phone_b, type="call", source="calltouch", utm=Utm("vk", "cpc")),
+        touch("bd1", at(14.5), phone_b, type="crm_stage", source="amocrm", crm=CrmInfo("dB", "new", amount=50_000.0)),
+        touch("c1", at(11.5), c, utm=Utm("google", "organic")),
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def reported(pipeline: Pipeline) -> Engine:
+    pipeline.feed(report_world())
+    pipeline.write(
+        [
+            spend("2026-11-02", "yandex", "cpc", 3000.0, "2026-11-03T00:00:00Z", campaign="brand"),
+            spend("2026-11-02", "vk", "cpc", 1000.0, "2026-11-03T00:00:00Z"),
+            spend("2026-11-02", "vk", "cpc", 10.0, "2026-11-03T00:00:00Z", currency="USD"),
+            spend("2026-11-05", "vk", "cpc", 777.0, "2026-11-06T00:00:00Z"),  # outside the period
+        ]
+    )
+    return pipeline.writer.engine
+
+
+def by_source(report: Any) -> dict[str, Any]:
+    return {r.source: r for r in report.rows}
+
+
+def test_channel_report_first_touch_hand_computed(reported: Engine) -> None:
+    report = channel_report(reported, model="first", start=date(2026, 11, 2), end=date(2026, 11, 2),
+                            rates={"USD": 90.0})  # fmt: skip
+    rows_ = by_source(report)
+    yandex, vk, google = rows_["yandex"], rows_["vk"], rows_["google"]
+    assert (yandex.campaign, yandex.visits, yandex.persons) == ("brand", 2, 2)
+    assert (yandex.leads, yandex.deals, yandex.won_deals, yandex.revenue) == (2, 2, 1, 100_000)
+    assert yandex.cost == 3000
+    assert yandex.cpl == 1500
+    assert yandex.cost_per_deal == 1500
+    assert yandex.cost_per_won == 3000
+    assert yandex.romi == pytest.approx((100_000 - 3000) / 3000 * 100)
+    assert (vk.leads, vk.cost, vk.romi, vk.persons, vk.visits) == (0, 1000 + 10 * 90, -100, 1, 0)
+    assert (google.visits, google.persons, google.leads, google.cost, google.assisted) == (2, 2, 0, 0, 1)
+    assert yandex.assisted == 1  # dA's path: yandex, google, then the direct form
+    assert rows_["(direct)"].assisted == 0
+    total = report.total
+    assert (total.visits, total.persons, total.leads, total.deals, total.won_deals) == (4, 3, 2, 2, 1)
+    assert (total.revenue, total.cost) == (100_000, 4900)
+    assert [r.source for r in report.rows][:2] == ["yandex", "vk"]  # by revenue, then cost
+
+
+def test_channel_report_other_models_hand_computed(reported: Engine) -> None:
+    rates = {"USD": 90.0}
+    lnd = by_source(channel_report(reported, model="last_non_direct", rates=rates))
+    assert (lnd["google"].leads, lnd["google"].won_deals, lnd["google"].revenue) == (1, 1, 100_000)
+    # no period: the 5 November spend counts too
+    assert (lnd["vk"].leads, lnd["vk"].deals, lnd["vk"].won_deals, lnd["vk"].cpl) == (1, 1, 0, 1000 + 900 + 777)
+    assert lnd["yandex"].leads == 0
+    assert lnd["yandex"].romi == -100
+    linear = by_source(channel_report(reported, model="linear", rates=rates))
+    assert linear["yandex"].leads == pytest.approx(1 / 3 + 1 / 2)
+    assert linear["vk"].leads == pytest.approx(1 / 2)
+    assert linear["(direct)"].revenue == pytest.approx(100_000 / 3)
+    assert sum(r.leads for r in linear.values()) == pytest.approx(2)
+
+
+def test_channel_report_periods_are_days_in_the_report_time_zone(reported: Engine) -> None:
+    # 2026-11-02 in Vladivostok (UTC+10) ends at 14:00 UTC: A's lead (12:00) is in, B's call (14:00) is not
+    report = channel_report(reported, model="first", start=date(2026, 11, 2), end=date(2026, 11, 2),
+                            tz="Asia/Vladivostok", rates={"USD": 90.0})  # fmt: skip
+    assert report.total.leads == 1
+    assert channel_report(reported, model="first", start=date(2026, 11, 3), end=date(2026, 11, 4)).total.leads == 0
+
+
+def test_channel_report_refuses_what_it_cannot_compute(reported: Engine) -> None:
+    from identity import ConfigurationError, InvalidInput
+
+    with pytest.raises(ConfigurationError, match="ad spend in USD but no rate to RUB"):
+        channel_report(reported)
+    with pytest.raises(InvalidInput, match="unknown attribution model 'u_shaped'"):
+        channel_report(reported, model="u_shaped")
+    with pytest.raises(InvalidInput, match="starts"):
+        channel_report(reported, start=date(2026, 11, 3), end=date(2026, 11, 2))
+
+
+def test_channel_report_formats_and_plot(reported: Engine, tmp_path: Path) -> None:
+    report = channel_report(
+        reported, model="first", start=date(2026, 11, 1), end=date(2026, 11, 2), rates={"USD": 90.0}
+    )
+    as_json = json.loads(render(report, "json"))
+    assert as_json["model"] == "first"
+    assert as_json["total"]["cost"] == 4900
+    csv_lines = render(report, "csv").splitlines()
+    assert csv_lines[0].startswith("source,medium,campaign,visits,persons,leads,deals,won_deals,revenue,cost,cpl")
+    assert csv_lines[1].startswith("yandex,cpc,brand,2,2,2.0,2.0,1.0,100000.0,3000.0,1500.0")
+    table = render(report, "table")
+    assert "ROMI %" in table
+    assert "(total)" in table
+    assert "3,233.33" in table
+    png = plot(report, tmp_path / "channels.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
+
+
+def test_the_warehouse_is_readable_with_plain_sql(reported: Engine) -> None:
+    """What a BI tool does: join touches to persons and sum attribution, no idstream code involved."""
+    with reported.connect() as conn:
+        revenue = conn.execute(
+            text(
+                "SELECT a.source, SUM(a.credit * d.amount) FROM attribution a JOIN deals d "
+                "ON a.conversion = 'deal' AND d.deal_id = a.conversion_id "
+                "WHERE a.model = 'first' AND d.status = 'won' GROUP BY a.source"
+            )
+        ).all()
+        joined = conn.execute(
+            text("SELECT COUNT(*) FROM touches tt JOIN persons p ON p.profile_id = tt.profile_id")
+        ).scalar()
+    assert [tuple(r) for r in revenue] == [("yandex", 100_000.0)]
+    assert joined == 6  # every visit, call and form of the three persons
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
