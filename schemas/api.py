@@ -144,6 +144,37 @@ class Explanation(_Model):
     reason: str | None = None
 
 
+class ChannelRow(_Model):
+    """One channel of the channel report (money in the report currency; shares from the chosen model)."""
+
+    source: str
+    medium: str
+    campaign: str
+    visits: int
+    persons: int
+    leads: float
+    deals: float
+    won_deals: float
+    revenue: float
+    cost: float
+    cpl: float | None = Field(description="cost / leads; null without leads or cost.")
+    cost_per_deal: float | None
+    cost_per_won: float | None
+    romi: float | None = Field(description="(revenue - cost) / cost, in percent; null without cost.")
+    assisted: int = Field(description="Won deals whose path had this channel before the final touch.")
+
+
+class ChannelReport(_Model):
+    """Per source/medium/campaign: what it brought and what it cost (see ``idstream report channels``)."""
+
+    model: Literal["first", "last", "last_non_direct", "position", "linear", "rank"]
+    from_: str | None = Field(alias="from", description="First day (inclusive), or null: the beginning.")
+    to: str | None = Field(description="Last day (inclusive), or null: now.")
+    currency: str
+    rows: list[ChannelRow]
+    total: ChannelRow
+
+
 class ErrorResponse(_Model):
     status: Literal["error"] = "error"
     code: str
@@ -154,6 +185,8 @@ _MODELS: tuple[type[BaseModel], ...] = (
     BatchLookupRequest,
     BatchLookupResponse,
     Candidate,
+    ChannelReport,
+    ChannelRow,
     ErrorResponse,
     Explanation,
     IdentifierQuery,
@@ -182,6 +215,16 @@ _ERRORS = {
     "400": _json("ErrorResponse", "The request is malformed; the message says what is wrong."),
     "401": _json("ErrorResponse", "No valid bearer token."),
 }
+
+
+_REPORT_PARAMETERS = [
+    {"name": "model", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["first", "last", "last_non_direct", "position", "linear", "rank"]}},
+    {"name": "from", "in": "query", "required": False, "schema": {"type": "string", "format": "date"}},
+    {"name": "to", "in": "query", "required": False, "schema": {"type": "string", "format": "date"}},
+    {"name": "format", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}},
+]  # fmt: skip
 
 
 def openapi(version: str) -> dict[str, Any]:
@@ -268,6 +311,24 @@ def openapi(version: str) -> dict[str, Any]:
                     "responses": {
                         "200": _json("Explanation", "The evidence (give profile_id, or kind+value[+other_*])."),
                         "404": _json("ErrorResponse", "No such profile or identifier."),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/reports/channels": {
+                "get": {
+                    "summary": "The channel report from the warehouse (for dashboards)",
+                    "operationId": "channelReport",
+                    "parameters": _REPORT_PARAMETERS,
+                    "responses": {
+                        "200": {
+                            "description": "The report (text/csv with format=csv).",
+                            "content": {
+                                "application/json": {"schema": _ref("ChannelReport")},
+                                "text/csv": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "503": _json("ErrorResponse", "The warehouse is not reachable."),
                         **_ERRORS,
                     },
                 }

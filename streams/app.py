@@ -39,7 +39,8 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
         compacted = {"cleanup.policy": "compact"}
         wanted = [NewTopic(t, settings.topic_partitions, 1) for t in settings.touch_topics]
         wanted.append(NewTopic(settings.profiles_topic, settings.topic_partitions, 1, topic_configs=compacted))
-        others = (settings.changes_topic, settings.dlq_topic, settings.triggers_topic, settings.webhook_dlq_topic)
+        others = (settings.changes_topic, settings.dlq_topic, settings.triggers_topic, settings.webhook_dlq_topic,
+                  settings.spend_topic, settings.warehouse_dlq_topic)  # fmt: skip
         wanted += [NewTopic(t, settings.topic_partitions, 1) for t in others]
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import IO, Any
 import redis
 
 from identity import Identifier, IdstreamError, Normalizer, Touch
+from identity.attribution import MODELS
 from schemas import InvalidMessage, TouchEvent, decode_touch, export_schemas
 from streams.generate import GeneratedStream, generate
 from streams.runtime import tune_gc
@@ -142,6 +144,47 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warehouse(args: argparse.Namespace) -> int:
+    """Migrate the warehouse; with 'run' (the default), run the warehouse agent (its own consumer group)."""
+    from sinks.warehouse import head_revision, migrate  # noqa: PLC0415
+
+    settings = Settings()
+    writer = settings.warehouse_writer()
+    at = migrate(writer.engine)
+    print(f"warehouse {writer.engine.url.render_as_string(hide_password=True)} at migration {at} "
+          f"(newest {head_revision()})", file=sys.stderr)  # fmt: skip
+    if args.action == "migrate":
+        return 0
+    import faust  # noqa: PLC0415
+
+    from streams.app import ensure_topics  # noqa: PLC0415
+    from streams.warehouse_app import create_warehouse_app  # noqa: PLC0415
+
+    found = servers(settings)
+    ensure_topics(settings, found.kafka)
+    app = create_warehouse_app(settings, found.kafka, writer)
+    faust.Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the channel report from the warehouse; --plot also draws it."""
+    from sinks.warehouse import connect, migrate  # noqa: PLC0415
+    from sinks.warehouse.report import parse_day, plot, render  # noqa: PLC0415
+
+    settings = Settings()
+    engine = connect(settings.warehouse_url)
+    migrate(engine)  # an empty warehouse answers an empty report, not an error
+    defaults = settings.report_settings()
+    if args.tz:
+        defaults = dataclasses.replace(defaults, tz=args.tz)
+    report = defaults.report(engine, args.model, parse_day(args.start, "--from"), parse_day(args.end, "--to"))
+    sys.stdout.write(render(report, args.format))
+    if args.plot:
+        print(f"plot written to {plot(report, Path(args.plot))}", file=sys.stderr)
+    return 0
+
+
 def _progress(done: int, total: int) -> None:
     width = 30
     filled = width * done // max(total, 1)
@@ -221,6 +264,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Normalizer(settings.normalizer_config()),
         settings.redis_prefix,
         tokens,
+        settings.warehouse_url,
+        settings.report_settings(),
     )
     web.run_app(create_lookup_app(config), host=host, port=port, print=None, access_log=None)
     return 0
@@ -409,7 +454,9 @@ def _runtime(settings: Settings) -> Iterator[tuple[Servers, subprocess.Popen[byt
         port = free_port()
         argv = [sys.executable, "-m", "streams.cli", "serve", "--port", str(port)]  # our own module, our port
         server = subprocess.Popen(argv, env=env)  # noqa: S603
-        processes = [worker, server]
+        # the warehouse (SQLite by default: the demo needs no database server)
+        warehouse = subprocess.Popen([sys.executable, "-m", "streams.cli", "warehouse"], env=env)
+        processes = [worker, server, warehouse]
         if settings.webhooks:
             processes.append(subprocess.Popen([sys.executable, "-m", "streams.cli", "webhooks"], env=env))
         print(f"kafka={kafka} redis={redis_url} lookup=http://127.0.0.1:{port}", flush=True)
@@ -482,9 +529,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     return worker.returncode or 1
                 time.sleep(0.5)
             _tour(settings, found, events=len(values), seconds=time.monotonic() - started, stream=stream)
+            _channels(settings, found, stream, args.seed)
             return worker.wait()
     except KeyboardInterrupt:
         return 0
+
+
+def _channels(settings: Settings, found: Servers, stream: GeneratedStream, seed: int) -> None:
+    """Produce the generated ad spend, wait for the warehouse to catch up, print the channel report."""
+    from kafka import KafkaProducer  # noqa: PLC0415
+
+    from sinks.warehouse import connect  # noqa: PLC0415
+    from sinks.warehouse.report import render  # noqa: PLC0415
+    from streams.generate import ad_spend  # noqa: PLC0415
+
+    producer = KafkaProducer(bootstrap_servers=found.kafka, acks=1)
+    for body in ad_spend(stream, seed):
+        producer.send(settings.spend_topic, json.dumps(body).encode())
+    producer.flush()
+    producer.close()
+    topics = [*settings.touch_topics, settings.profiles_topic, settings.spend_topic]
+    deadline = time.monotonic() + 120
+    while _group_lag(found.kafka, f"{settings.app_id}-warehouse", topics) > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    report = settings.report_settings().report(connect(settings.warehouse_url), None, None, None)
+    print(f"\nthe warehouse ({settings.warehouse_url}), as a BI tool sees it:\n{render(report, 'table')}")
+    print("  idstream report channels --model linear --format csv\n  idstream report channels --plot channels.png")
 
 
 def _tour(settings: Settings, found: Servers, *, events: int, seconds: float, stream: GeneratedStream) -> None:
@@ -599,6 +669,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--timeout", type=float, default=600.0)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    warehouse = sub.add_parser("warehouse", help="feed the SQL warehouse from the topics (or just migrate it)")
+    warehouse.add_argument("action", nargs="?", choices=["run", "migrate"], default="run")
+    warehouse.add_argument("--loglevel", default="warning")
+    warehouse.set_defaults(func=cmd_warehouse)
+
+    report = sub.add_parser("report", help="reports from the warehouse").add_subparsers(dest="report", required=True)
+    channels = report.add_parser("channels", help="per source/medium/campaign: leads, deals, revenue, cost, ROMI")
+    channels.add_argument("--model", choices=list(MODELS), help="attribution model (default IDSTREAM_REPORT_MODEL)")
+    channels.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first day (inclusive)")
+    channels.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last day (inclusive)")
+    channels.add_argument("--tz", help="time zone of the days (default IDSTREAM_REPORT_TIMEZONE)")
+    channels.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    channels.add_argument("--plot", metavar="FILE.png", help="also draw the channel comparison")
+    channels.set_defaults(func=cmd_report)
 
     explain = sub.add_parser(
         "explain", help="why identifiers are one person (KIND VALUE [KIND VALUE]), or a profile (--profile ID)"

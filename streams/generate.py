@@ -13,11 +13,12 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from identity import CrmInfo, Touch, TouchType, Utm
 from identity.touch import AttributeValue
 
-__all__ = ["GeneratedStream", "generate"]
+__all__ = ["GeneratedStream", "ad_spend", "generate"]
 
 T0 = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
 FIRST_M = ["Иван", "Алексей", "Сергей", "Дмитрий", "Андрей", "Михаил", "Никита", "Павел", "Артём", "Олег"]
@@ -235,3 +236,31 @@ def generate(persons: int = 2000, seed: int = 1) -> GeneratedStream:
         touches.insert(min(len(touches), i + rng.randint(1, 50)), replace(touches[i]))
     truth = {touch.event_id: person for _, touch, person in timed}
     return GeneratedStream(touches, persons, offices, len(redelivered), late, truth)
+
+
+def ad_spend(stream: GeneratedStream, seed: int = 1, per_lead: float = 12_000.0) -> list[dict[str, Any]]:
+    """``ad_spend`` messages for the paid channels of a generated stream, one per channel and day.
+
+    Each paid channel costs about ``per_lead`` per visit it brought that day, give or take 40%.
+    """
+    rng = random.Random(seed)
+    paid = {(u.source, u.medium, u.campaign) for u in CHANNELS if u is not None and u.medium != "organic"}
+    visits: dict[tuple[Any, ...], int] = {}
+    for touch in stream.touches:
+        utm = touch.utm
+        if touch.type is TouchType.SITE_VISIT and utm is not None and (utm.source, utm.medium, utm.campaign) in paid:
+            key = (touch.occurred_at.date(), utm.source, utm.medium, utm.campaign)
+            visits[key] = visits.get(key, 0) + 1
+    return [
+        {
+            "type": "ad_spend",
+            "date": day.isoformat(),
+            "source": source,
+            "medium": medium,
+            "campaign": campaign,
+            "cost": round(n * per_lead * rng.uniform(0.6, 1.4) / 7, 2),  # about one visit in 7 becomes a lead
+            "currency": "RUB",
+            "reported_at": f"{(day + timedelta(days=1)).isoformat()}T06:00:00+03:00",
+        }
+        for (day, source, medium, campaign), n in sorted(visits.items())
+    ]

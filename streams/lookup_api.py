@@ -27,7 +27,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -36,11 +36,21 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import ValidationError
 
-from identity import ConfigurationError, Identifier, Normalizer, Rejection, ResolutionPolicy, TransientError
+from identity import (
+    ConfigurationError,
+    Identifier,
+    InvalidInput,
+    Normalizer,
+    Rejection,
+    ResolutionPolicy,
+    TransientError,
+)
 from identity.card import screen_pop, summary
 from identity.explain import explain
 from schemas.api import MAX_VALUE, BatchLookupRequest, openapi
 from schemas.export import API_VERSION
+from sinks.warehouse import connect as connect_warehouse
+from sinks.warehouse.report import ReportSettings, parse_day, render
 from streams.reader import AsyncReader
 from streams.redis_store import Found, RedisIdentityStore
 
@@ -61,11 +71,14 @@ class ApiConfig:
     normalizer: Normalizer
     prefix: str = "idstream"
     tokens: tuple[bytes, ...] = ()
+    warehouse_url: str | None = None
+    reports: ReportSettings = field(default_factory=ReportSettings)
 
 
 READER: web.AppKey[AsyncReader] = web.AppKey("reader", AsyncReader)
 CONFIG: web.AppKey[ApiConfig] = web.AppKey("config", ApiConfig)
 STORE: web.AppKey[RedisIdentityStore] = web.AppKey("store", RedisIdentityStore)
+WAREHOUSE: web.AppKey[Any] = web.AppKey("warehouse")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -257,6 +270,28 @@ async def explain_endpoint(request: web.Request) -> web.Response:
     return _json(answer)
 
 
+async def channel_report_endpoint(request: web.Request) -> web.Response:
+    """The channel report, computed from the warehouse off the event loop."""
+    config, engine = request.app[CONFIG], request.app.get(WAREHOUSE)
+    if engine is None:
+        return _error(503, "warehouse_unavailable", "no warehouse is configured (IDSTREAM_WAREHOUSE_URL)")
+    q = request.query
+    fmt = q.get("format", "json")
+    if fmt not in ("json", "csv"):
+        return _error(400, "invalid_format", f"format must be 'json' or 'csv', not {fmt[:40]!r}")
+    try:
+        start, end = parse_day(q.get("from"), "from"), parse_day(q.get("to"), "to")
+        loop = asyncio.get_running_loop()
+        report = await loop.run_in_executor(None, lambda: config.reports.report(engine, q.get("model"), start, end))
+    except InvalidInput as exc:
+        return _error(400, exc.code, exc.message)
+    except ConfigurationError as exc:  # e.g. a currency without a rate: the operator's to fix, said plainly
+        return _error(500, exc.code, exc.message)
+    if fmt == "csv":
+        return web.Response(text=render(report, "csv"), content_type="text/csv")
+    return _json(report.to_dict())
+
+
 async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -280,12 +315,16 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
         app[STORE] = RedisIdentityStore(
             redis.Redis.from_url(config.redis_url), config.policy, config.normalizer, config.prefix
         )
+        if config.warehouse_url:
+            app[WAREHOUSE] = connect_warehouse(config.warehouse_url)  # connects on first use
 
     async def disconnect(app: web.Application) -> None:
         if READER in app:
             await app[READER].client.aclose()
         if STORE in app:
             app[STORE].client.close()
+        if WAREHOUSE in app:
+            app[WAREHOUSE].dispose()
 
     app.on_startup.append(connect)
     app.on_cleanup.append(disconnect)
@@ -293,6 +332,7 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
     app.router.add_post("/v1/lookup/batch", lookup_batch)
     app.router.add_get("/v1/profiles/{profile_id}", profile)
     app.router.add_get("/v1/explain", explain_endpoint)
+    app.router.add_get("/v1/reports/channels", channel_report_endpoint)
     app.router.add_get("/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", health)
     return app

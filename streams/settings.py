@@ -20,6 +20,8 @@ from identity.policy import (
 )
 from identity.triggers import RULES as TRIGGER_RULES
 from identity.triggers import TriggerRules
+from sinks.warehouse import WarehouseTopics, WarehouseWriter, connect
+from sinks.warehouse.report import ReportSettings
 from sinks.webhook import WebhookEndpoint
 from streams.processor import OutputTopics
 from streams.redis_store import RedisIdentityStore
@@ -127,6 +129,20 @@ class Settings(BaseSettings):
     attribution_touches: int = Field(
         100, ge=0, description="Marketing touches per person kept for attribution in the golden profile."
     )
+
+    warehouse_url: str = Field(
+        default_factory=lambda: f"sqlite:///{Path.home() / '.idstream' / 'warehouse.db'}",
+        description="The warehouse: postgresql://user@host/db in production; a SQLite file by default.",
+    )
+    spend_topic: str = Field("ad.spend", description="Topic of ad_spend messages (read by the warehouse sink).")
+    warehouse_dlq_topic: str = "warehouse.dlq"
+    report_model: str = Field("last_non_direct", description="Attribution model of reports when none is asked.")
+    report_currency: str = Field("RUB", pattern=r"^[A-Z]{3}$", description="Currency of report money columns.")
+    currency_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description='Value of one unit of other currencies in the report currency, e.g. {"USD": 92.5}.',
+    )
+    report_timezone: str = Field("UTC", description="IANA time zone whose days the report periods are.")
     state_file: Path = Field(
         default_factory=lambda: Path.home() / ".idstream" / "runtime.json",
         description="Where `idstream up` leaves the addresses of the runtime it started.",
@@ -195,6 +211,20 @@ class Settings(BaseSettings):
             self.redis_prefix,
             self.erasure_key.get_secret_value().encode(),
         )
+
+    def warehouse_writer(self) -> WarehouseWriter:
+        """The warehouse sink configured by these settings (the schema is migrated by the caller)."""
+        topics = WarehouseTopics(tuple(self.touch_topics), self.profiles_topic, self.spend_topic)
+        return WarehouseWriter(
+            connect(self.warehouse_url),
+            self.policy(),
+            Normalizer(self.normalizer_config()),
+            self.erasure_key.get_secret_value().encode(),
+            topics,
+        )
+
+    def report_settings(self) -> ReportSettings:
+        return ReportSettings(self.report_model, self.report_currency, dict(self.currency_rates), self.report_timezone)
 
     def graph(self) -> IdentityGraph:
         """An in-memory identity graph configured by these settings."""

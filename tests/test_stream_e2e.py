@@ -220,6 +220,51 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(depl
     assert list(store.profiles()) == list(expected.profiles())  # touch counts would show a double
 
 
+def test_the_warehouse_worker_fills_tables_that_agree_with_redis(deployment: Deployment, tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from identity.attribution import channel_of
+    from sinks.warehouse import connect
+    from sinks.warehouse import tables as t
+
+    tag = deployment.settings.app_id
+    extra = {"warehouse_url": f"sqlite:///{tmp_path / 'warehouse.db'}", "spend_topic": f"spend-{tag}",
+             "warehouse_dlq_topic": f"whdlq-{tag}"}  # fmt: skip
+    deployment.env.update({f"IDSTREAM_{k.upper()}": v for k, v in extra.items()})
+    settings = deployment.settings.model_copy(update=extra)
+    ensure_topics(settings, deployment.kafka)
+    deployment.start_worker()
+    deployment.start_worker("warehouse")
+    touches = unique(generate(120, seed=11).touches)
+    deployment.produce(wire(touches))
+    good = {"type": "ad_spend", "date": "2026-11-02", "source": "yandex", "medium": "cpc", "cost": 1500.0,
+            "currency": "RUB", "reported_at": "2026-11-03T00:00:00Z"}  # fmt: skip
+    for body in (good, {**good, "cost": "a lot"}):
+        deployment.producer.send(settings.spend_topic, json.dumps(body).encode())
+    deployment.producer.flush()
+    wait_for(lambda: deployment.lag() == 0, 180, "the resolver to catch up")
+    store = deployment.store()
+    live = {p["profile_id"] for p in store.profiles()}
+    normalizer, policy = store.normalizer, store.policy
+    expected: dict[str, str | None] = {}
+    for item in touches:
+        accepted, _ = normalizer.normalize_many(item.identifiers)
+        if channel_of(item) is not None and accepted:
+            expected[item.event_id] = store.lookup(min(accepted, key=lambda i: (policy.kind_rank(i.kind), i.value)))
+    engine = connect(settings.warehouse_url)
+
+    def caught_up() -> bool:
+        with engine.connect() as conn:
+            owners = dict(conn.execute(select(t.touches.c.event_id, t.touches.c.profile_id)).all())
+            persons = set(conn.scalars(select(t.persons.c.profile_id)))
+            spend = conn.execute(select(t.ad_spend.c.cost)).scalars().all()
+        return owners == expected and persons == live and spend == [1500.0]
+
+    wait_for(caught_up, 120, "the warehouse to hold every touch under its person's live id")
+    letters = [DeadLetter.model_validate_json(v) for _, v in deployment.read(settings.warehouse_dlq_topic) if v]
+    assert [e["field"] for letter in letters for e in letter.error["errors"]] == ["cost"]
+
+
 class Receiver:
     """A real HTTP receiver in a thread: checks signatures, fails as scripted, records deliveries."""
 

@@ -433,3 +433,61 @@ def test_the_warehouse_is_readable_with_plain_sql(reported: Engine) -> None:
 
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# ----------------------------------------------------------------------------- over HTTP and on the command line
+
+
+def test_the_report_is_served_over_http_with_a_token(reported: Engine, redis_url: str) -> None:
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from schemas.api import ChannelReport, ErrorResponse
+    from sinks.warehouse.report import ReportSettings
+    from streams.lookup_api import ApiConfig, create_lookup_app
+
+    token = "report-token-for-tests-0123456789"  # noqa: S105 - a test token
+    url = reported.url.render_as_string(hide_password=False)
+    config = ApiConfig(redis_url, ResolutionPolicy(), Normalizer(), "idstream", (token.encode(),), url,
+                       ReportSettings(rates={"USD": 90.0}))  # fmt: skip
+    auth = {"Authorization": f"Bearer {token}"}
+
+    async def main() -> None:
+        async with TestClient(TestServer(create_lookup_app(config))) as client:
+            denied = await client.get("/v1/reports/channels")
+            assert denied.status == 401
+            answer = await client.get("/v1/reports/channels?model=first&from=2026-11-02&to=2026-11-02", headers=auth)
+            assert answer.status == 200
+            body = ChannelReport.model_validate(await answer.json())
+            assert body.rows[0].source == "yandex"
+            assert (body.rows[0].leads, body.total.cost) == (2, 4900)
+            as_csv = await client.get("/v1/reports/channels?format=csv&model=first", headers=auth)
+            assert as_csv.content_type == "text/csv"
+            assert (await as_csv.text()).startswith("source,medium,campaign,")
+            for query, code in (("?model=u_shaped", "invalid_input"), ("?from=yesterday", "invalid_input"),
+                                ("?format=xml", "invalid_format")):  # fmt: skip
+                bad = await client.get("/v1/reports/channels" + query, headers=auth)
+                assert bad.status == 400, query
+                assert ErrorResponse.model_validate(await bad.json()).code == code
+
+    asyncio.run(main())
+
+
+def test_idstream_report_channels_prints_the_report_and_draws_it(
+    reported: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    monkeypatch.setenv("IDSTREAM_WAREHOUSE_URL", reported.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("IDSTREAM_CURRENCY_RATES", '{"USD": 90}')
+    png = tmp_path / "out" / "channels.png"
+    argv = ["report", "channels", "--model", "first", "--from", "2026-11-02", "--to", "2026-11-02"]
+    assert main([*argv, "--format", "json", "--plot", str(png)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["total"]["leads"] == 2
+    assert printed["rows"][0]["romi"] == pytest.approx((100_000 - 3000) / 3000 * 100)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.delenv("IDSTREAM_CURRENCY_RATES")
+    assert main([*argv]) == 2  # a spend currency without a rate: a clear error, not a wrong number
+    assert "no rate to RUB" in capsys.readouterr().err

@@ -34,7 +34,7 @@ from identity.errors import ConfigurationError, InvalidInput, TransientError
 from sinks.warehouse import tables as t
 from sinks.warehouse.db import to_db, transient
 
-__all__ = ["ChannelReport", "ChannelRow", "channel_report", "plot", "render"]
+__all__ = ["ChannelReport", "ChannelRow", "ReportSettings", "channel_report", "parse_day", "plot", "render"]
 
 _KEY = tuple[str, str, str]
 
@@ -82,6 +82,32 @@ class ChannelReport:
             "rows": [_rounded(asdict(r)) for r in self.rows],
             "total": _rounded(asdict(self.total)),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSettings:
+    """The operator's report defaults (from ``IDSTREAM_REPORT_*`` and ``IDSTREAM_CURRENCY_RATES``)."""
+
+    model: str = "last_non_direct"
+    currency: str = "RUB"
+    rates: Mapping[str, float] | None = None
+    tz: str = "UTC"
+
+    def report(self, engine: Engine, model: str | None, start: date | None, end: date | None) -> ChannelReport:
+        return channel_report(
+            engine, model=model or self.model, start=start, end=end, tz=self.tz, currency=self.currency,
+            rates=self.rates,
+        )  # fmt: skip
+
+
+def parse_day(text: str | None, name: str) -> date | None:
+    """A YYYY-MM-DD day from a command line or a query string, or a clear error."""
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a day as YYYY-MM-DD, not {text[:40]!r}") from None
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
