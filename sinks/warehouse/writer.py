@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -256,6 +256,7 @@ class WarehouseWriter:
         dirty_anchors.update(r["anchor"] for r in (*new_touches, *new_stages) if r["anchor"])
         affected_deals.update(r["deal_id"] for r in new_stages)
 
+        updates: list[ProfileUpdate] = []
         for pid, message in batch.profiles.items():
             if message is None:
                 dirty_anchors |= self._retire(conn, pid)
@@ -265,11 +266,11 @@ class WarehouseWriter:
                 affected_deals |= self._erase(conn, pid)
                 stats.erased += 1
             else:
-                changed = self._person(conn, message)
-                if changed is not None:
-                    dirty_anchors |= changed
-                    affected_persons.add(pid)
-                    stats.persons += 1
+                updates.append(message)
+        anchors, changed = self._persons(conn, updates)
+        dirty_anchors |= anchors
+        affected_persons |= changed
+        stats.persons = len(changed)
 
         if dirty_anchors:
             before, after, deals_moved = self._rehome(conn, dirty_anchors)
@@ -295,42 +296,64 @@ class WarehouseWriter:
             conn.execute(insert(conn, table).on_conflict_do_nothing(index_elements=["event_id"]), fresh)
         return fresh
 
-    def _person(self, conn: Connection, message: ProfileUpdate) -> set[str] | None:
-        """Upsert a person from a newer profile version; returns the anchors whose holder may have changed."""
-        pid, version, profile = message.profile_id, message.version, message.profile or {}
-        held = conn.scalar(select(t.persons.c.version).where(t.persons.c.profile_id == pid))
-        if held is not None and held >= version:
-            return None  # a redelivery, or an older version overtaken by a newer one
-        identifiers: dict[str, list[str]] = profile.get("identifiers") or {}
-        row = {
-            "profile_id": pid,
-            "version": version,
-            "display_name": profile.get("display_name"),
-            "created_at": _parse_time(profile.get("created_at")),
-            "lead_at": _parse_time((profile.get("attribution") or {}).get("lead_at")),
-            "lead_score": int(profile.get("lead_score") or 0),
-            "touches": sum(int(n) for n in (profile.get("touch_counts") or {}).values()),
-            "identifiers": json.dumps(identifiers, ensure_ascii=False, sort_keys=True),
-            "updated_at": to_db(datetime.now(UTC)),
-        }
-        stmt = insert(conn, t.persons)
+    def _persons(self, conn: Connection, updates: list[ProfileUpdate]) -> tuple[set[str], set[str]]:
+        """Upsert persons from newer profile versions, and who holds which identifier.
+
+        Returns the anchors whose holder may have changed and the profiles that changed. A few statements
+        per batch, whatever its size (one per profile made the sink the bottleneck).
+        """
+        if not updates:
+            return set(), set()
+        ps, pi = t.persons, t.person_identifiers
+        held: dict[str, int] = {}
+        for group in chunks(sorted(u.profile_id for u in updates)):
+            held.update(conn.execute(select(ps.c.profile_id, ps.c.version).where(ps.c.profile_id.in_(group))).all())
+        fresh = [u for u in updates if held.get(u.profile_id, 0) < u.version]  # else redelivered or overtaken
+        if not fresh:
+            return set(), set()
+        now = to_db(datetime.now(UTC))
+        rows: list[dict[str, Any]] = []
+        claims: list[dict[str, Any]] = []
+        wanted: dict[str, set[str]] = {}
+        for message in fresh:
+            pid, profile = message.profile_id, message.profile or {}
+            identifiers: dict[str, list[str]] = profile.get("identifiers") or {}
+            rows.append(
+                {
+                    "profile_id": pid,
+                    "version": message.version,
+                    "display_name": profile.get("display_name"),
+                    "created_at": _parse_time(profile.get("created_at")),
+                    "lead_at": _parse_time((profile.get("attribution") or {}).get("lead_at")),
+                    "lead_score": int(profile.get("lead_score") or 0),
+                    "touches": sum(int(n) for n in (profile.get("touch_counts") or {}).values()),
+                    "identifiers": json.dumps(identifiers, ensure_ascii=False, sort_keys=True),
+                    "updated_at": now,
+                }
+            )
+            mine = wanted[pid] = set()
+            for kind, values in identifiers.items():
+                for value in values:
+                    anchor = erasure_hash(self.key, Identifier(kind, value))
+                    mine.add(anchor)
+                    claims.append({"anchor": anchor, "kind": kind, "profile_id": pid, "version": message.version})
+        stmt = insert(conn, ps)
         conn.execute(
             stmt.on_conflict_do_update(
-                index_elements=["profile_id"], set_={k: stmt.excluded[k] for k in row if k != "profile_id"}
+                index_elements=["profile_id"], set_={k: stmt.excluded[k] for k in rows[0] if k != "profile_id"}
             ),
-            row,
+            rows,
         )
-        anchors = {
-            erasure_hash(self.key, Identifier(kind, value)): kind
-            for kind, values in identifiers.items()
-            for value in values
-        }
-        pi = t.person_identifiers
-        mine = conn.scalars(select(pi.c.anchor).where(pi.c.profile_id == pid, pi.c.version < version))
-        gone = set(mine) - anchors.keys()
-        for group in chunks(sorted(gone)):
-            conn.execute(delete(pi).where(pi.c.anchor.in_(group), pi.c.version < version))
-        if anchors:
+        versions = {u.profile_id: u.version for u in fresh}
+        gone: list[tuple[str, str]] = []
+        for group in chunks(sorted(versions)):
+            query = select(pi.c.anchor, pi.c.profile_id, pi.c.version).where(pi.c.profile_id.in_(group))
+            for anchor, pid, version in conn.execute(query).all():
+                if version < versions[pid] and anchor not in wanted[pid]:
+                    gone.append((anchor, pid))  # the identifier left this person (a split, an erasure)
+        for pairs in chunks(gone):
+            conn.execute(delete(pi).where(tuple_(pi.c.anchor, pi.c.profile_id).in_(pairs)))
+        if claims:
             stmt = insert(conn, pi)
             conn.execute(
                 stmt.on_conflict_do_update(
@@ -342,9 +365,9 @@ class WarehouseWriter:
                     },
                     where=pi.c.version < stmt.excluded.version,
                 ),
-                [{"anchor": a, "kind": k, "profile_id": pid, "version": version} for a, k in anchors.items()],
+                claims,
             )
-        return set(anchors) | gone
+        return {c["anchor"] for c in claims} | {a for a, _ in gone}, set(versions)
 
     def _retire(self, conn: Connection, pid: str) -> set[str]:
         """A tombstone: the id is no longer live. Its anchors not yet claimed by a newer profile are freed."""
