@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,6 +73,16 @@ class DeadLetter(BaseModel):
     error: dict[str, Any]
     value_utf8: str | None = Field(None, description="The original bytes, when they are UTF-8.")
     value_base64: str | None = Field(None, description="The original bytes otherwise.")
+
+    @classmethod
+    def of(cls, topic: str, partition: int, offset: int, error: dict[str, Any], value: bytes | None) -> DeadLetter:
+        """A dead letter keeping the original bytes: as text when they are UTF-8, else base64."""
+        raw = value or b""
+        try:
+            return cls(topic=topic, partition=partition, offset=offset, error=error, value_utf8=raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            b64 = base64.b64encode(raw).decode()
+            return cls(topic=topic, partition=partition, offset=offset, error=error, value_base64=b64)
 
 
 class Trigger(BaseModel):

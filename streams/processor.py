@@ -9,7 +9,6 @@ the whole batch, which is safe because the store ignores redelivered event ids.
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -172,14 +171,7 @@ class Processor:
 
     def _dead_letter(self, msg: Inbound, exc: Exception) -> Outbound:
         error = exc.to_dict() if isinstance(exc, IdstreamError) else {"code": "store_error", "message": str(exc)[:500]}
-        value = msg.value or b""
-        try:
-            text, b64 = value.decode("utf-8"), None
-        except UnicodeDecodeError:
-            text, b64 = None, base64.b64encode(value).decode()
-        letter = DeadLetter(
-            topic=msg.topic, partition=msg.partition, offset=msg.offset, error=error, value_utf8=text, value_base64=b64
-        )
+        letter = DeadLetter.of(msg.topic, msg.partition, msg.offset, error, msg.value)
         return Outbound(self.topics.dlq, None, _json(letter))
 
     # ------------------------------------------------------------------ outputs

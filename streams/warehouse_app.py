@@ -17,7 +17,7 @@ from faust.streams import Stream
 from faust.types import EventT
 
 from schemas import DeadLetter
-from sinks.warehouse import Message, WarehouseWriter, WriteStats, migrate
+from sinks.warehouse import Message, WarehouseWriter, WriteStats
 from streams.app import faust_app, run_batch
 from streams.settings import Settings
 
@@ -26,9 +26,8 @@ __all__ = ["create_warehouse_app"]
 log = logging.getLogger("idstream.warehouse")
 
 
-def create_warehouse_app(settings: Settings, bootstrap: str, writer: WarehouseWriter | None = None) -> faust.App:
-    writer = writer or settings.warehouse_writer()
-    migrate(writer.engine)  # idempotent: a no-op when `idstream warehouse` has just done it
+def create_warehouse_app(settings: Settings, bootstrap: str, writer: WarehouseWriter) -> faust.App:
+    """The agent over a writer whose warehouse is migrated (``idstream warehouse`` migrates before this)."""
     app = faust_app(settings, f"{settings.app_id}-warehouse", bootstrap)
     names = [*settings.touch_topics, settings.profiles_topic, settings.spend_topic]
     source = app.topic(*names, key_type=bytes, value_type=bytes, value_serializer="raw")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -118,7 +118,3 @@ def chunks(items: Iterable[T], size: int = 500) -> Iterator[list[T]]:
 def transient(exc: DBAPIError) -> bool:
     """A database error that may go away by itself (connection lost, database locked, serialization)."""
     return isinstance(exc, OperationalError) or bool(getattr(exc, "connection_invalidated", False))
-
-
-def unique(items: Sequence[T]) -> list[T]:
-    return list(dict.fromkeys(items))

@@ -203,6 +203,11 @@ def channel_report(
             spend = select(*spent_on, sp.c.currency, func.sum(sp.c.cost)).where(*days)
             for *key, cur, cost in conn.execute(spend.group_by(*spent_on, sp.c.currency)).all():
                 row(key).cost += float(cost) * _rate(cur, currency, rates or {})
+            # one person, many channels: the total is not the sum of the rows
+            everyone = select(func.count(tc.c.profile_id.distinct())).where(
+                tc.c.profile_id.is_not(None), *period(tc.c.occurred_at)
+            )
+            persons_total = int(conn.scalar(everyone) or 0)
     except DBAPIError as exc:
         if transient(exc):
             raise TransientError(f"warehouse unavailable: {exc.orig}") from None
@@ -213,20 +218,10 @@ def channel_report(
         r.finish()
         for f in ("visits", "leads", "deals", "won_deals", "revenue", "cost"):
             setattr(total, f, getattr(total, f) + getattr(r, f))
-    total.persons = _distinct_persons(engine, period)
+    total.persons = persons_total
     total.assisted = sum(r.assisted for r in ordered)
     total.finish()
     return ChannelReport(model, start, end, currency, ordered, total)
-
-
-def _distinct_persons(engine: Engine, period: Any) -> int:
-    """Persons with a marketing touch in the period (not the sum of the rows: one person, many channels)."""
-    tc = t.touches
-    with engine.connect() as conn:
-        query = select(func.count(tc.c.profile_id.distinct())).where(
-            tc.c.profile_id.is_not(None), *period(tc.c.occurred_at)
-        )
-        return int(conn.scalar(query) or 0)
 
 
 def _rate(code: str, currency: str, rates: Mapping[str, float]) -> float:

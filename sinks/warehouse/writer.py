@@ -19,7 +19,6 @@ already dead-letters them, once).
 
 from __future__ import annotations
 
-import base64
 import bisect
 import json
 import logging
@@ -37,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from identity.attribution import (
     LEAD_TYPES,
     MARKETING_TYPES,
+    MODELS,
     Channel,
     PathStep,
     assists,
@@ -56,7 +56,6 @@ __all__ = ["Message", "WarehouseTopics", "WarehouseWriter", "WriteStats"]
 
 log = logging.getLogger("idstream.warehouse")
 
-_MODELS_STORED = ("first", "last", "last_non_direct", "position", "linear", "rank")
 _KEY_EVENT = tuple[datetime, str]
 
 
@@ -504,10 +503,10 @@ class WarehouseWriter:
                 conversions.append(("lead", pid, converted))
             conversions += [("deal", deal_id, key) for deal_id, key in deals_of.get(pid, [])]
             for conversion, conversion_id, key in conversions:
-                n = _count_until(keys, key)
+                n = bisect.bisect_right(keys, key)
                 before = path[:n]
-                for model in _MODELS_STORED:
-                    for channel, credit in attribute(before, model, ranks).items():  # type: ignore[arg-type]
+                for model in MODELS:
+                    for channel, credit in attribute(before, model, ranks).items():
                         credit_rows.append(
                             {
                                 "conversion": conversion,
@@ -541,10 +540,6 @@ class WarehouseWriter:
         )
 
 
-def _count_until(keys: list[_KEY_EVENT], until: _KEY_EVENT) -> int:
-    return bisect.bisect_right(keys, until)
-
-
 def _utc(moment: datetime) -> datetime:
     out = from_db(moment)
     assert out is not None  # noqa: S101 - NOT NULL columns
@@ -558,17 +553,7 @@ def _parse_time(text: Any) -> datetime | None:
 
 
 def _dead_letter(msg: Message, exc: Exception) -> DeadLetter:
-    if isinstance(exc, IdstreamError):
-        error = exc.to_dict()
-    elif isinstance(exc, ValidationError):
-        error = InvalidMessage.from_validation_error(exc).to_dict()
-    else:  # pragma: no cover - _parse catches only the above
-        error = {"code": "invalid_message", "message": str(exc)[:500]}
-    value = msg.value or b""
-    try:
-        text, b64 = value.decode("utf-8"), None
-    except UnicodeDecodeError:
-        text, b64 = None, base64.b64encode(value).decode()
-    return DeadLetter(
-        topic=msg.topic, partition=msg.partition, offset=msg.offset, error=error, value_utf8=text, value_base64=b64
-    )
+    if isinstance(exc, ValidationError):
+        exc = InvalidMessage.from_validation_error(exc)
+    error = exc.to_dict() if isinstance(exc, IdstreamError) else {"code": "invalid_message", "message": str(exc)[:500]}
+    return DeadLetter.of(msg.topic, msg.partition, msg.offset, error, msg.value)
