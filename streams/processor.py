@@ -114,6 +114,22 @@ class _Pending:
     evidence: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _fold(p: _Pending, retired_id: str, into: _Pending) -> None:
+    """Move a retired id's pending update into its survivor's, which then announces the id as merged.
+
+    A bare tombstone carries no version: without a versioned ``merged_from``, an older update of the id
+    still on its way from another worker would bring it back in a subscriber.
+    """
+    for kind in (p.kind, "merged"):
+        if _KIND_ORDER[kind] > _KIND_ORDER[into.kind]:
+            into.kind = kind
+    into.event_ids.extend(e for e in p.event_ids if e not in into.event_ids)
+    into.merged_from.update(p.merged_from, [retired_id])
+    into.split_from.update(p.split_from)
+    into.moved.update(p.moved)
+    into.evidence.extend(p.evidence)
+
+
 class Processor:
     """Decode, apply, and say what to produce. Triggers are recorded as fired by :meth:`confirm`, which
     the caller runs once the batch's messages are delivered: a crash in between re-fires them (same
@@ -199,6 +215,9 @@ class Processor:
         erased = sorted(pid for pid, p in pending.items() if p.kind == "erased")
         snap = self.store.snapshot(sorted(pid for pid in pending if pid not in erased), len(erased))
         profiles = snap.profiles
+        for pid, live in snap.live.items():
+            if live != pid:  # another worker merged it away after our apply: its update is the survivor's
+                _fold(pending.pop(pid), pid, pending.setdefault(live, _Pending()))
         retired = {old for p in pending.values() for old in p.merged_from} - profiles.keys()
         first = snap.last_version - len(profiles) + 1
         for version, pid in enumerate([*sorted(profiles), *erased], start=first):

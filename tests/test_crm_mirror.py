@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 import zlib
+from collections.abc import Callable, Sequence
 
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from identity import ApplyResult, Touch
 from schemas import ProfileUpdate
 from streams.crm_mirror import Mirror
-from streams.processor import Inbound, Processor
-from streams.redis_store import RedisIdentityStore
+from streams.processor import Inbound, Outbound, Processor
+from streams.redis_store import RedisIdentityStore, Snapshot
 from tests.test_graph_properties import random_events
+from tests.test_processor import event, inbound
 from tests.test_stream_e2e import unique, wire
 
 Message = tuple[bytes | None, bytes | None]
@@ -90,3 +94,59 @@ def test_a_merge_re_homes_deals_and_a_late_update_of_a_retired_id_is_ignored() -
     mirror.apply_many([(b"p_old", update("split", "p_old", 9, ["deal-1"]))])  # a split gives the id back
     assert [p["profile_id"] for p in mirror.profiles()] == ["p_new", "p_old"]
     assert mirror.deals()["deal-1"] == "p_old"
+
+
+class MeanwhileBeforeSnapshot:
+    """The real store, where another worker's batch runs between this worker's apply and its snapshot."""
+
+    def __init__(self, store: RedisIdentityStore, meanwhile: Callable[[], None]) -> None:
+        self.store, self.meanwhile = store, meanwhile
+
+    def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
+        return self.store.apply_batch(touches)
+
+    def snapshot(self, profile_ids: Sequence[str], extra_versions: int = 0) -> Snapshot:
+        self.meanwhile()
+        return self.store.snapshot(profile_ids, extra_versions)
+
+    def unfired(self, trigger_ids: Sequence[str]) -> set[str]:
+        return self.store.unfired(trigger_ids)
+
+    def mark_fired(self, trigger_ids: Sequence[str]) -> None:
+        self.store.mark_fired(trigger_ids)
+
+
+def test_a_survivor_merged_away_by_another_worker_still_announces_what_it_absorbed(redis_client: redis.Redis) -> None:
+    store = RedisIdentityStore(redis_client, prefix=f"mirror-{uuid.uuid4().hex[:10]}")
+
+    def updates(out: list[Outbound]) -> list[Message]:
+        return [(o.key, o.value) for o in out if o.topic == "profiles.updates"]
+
+    try:
+        a = Processor(store)
+        wanda, xenia, yuri = ("email", "wanda@mail.ru"), ("email", "xenia@mail.ru"), ("email", "yuri@mail.ru")
+        setup = updates(a.process(inbound([event("w", 0, wanda), event("x", 1, xenia), event("y", 2, yuri)])))
+        a_out = updates(a.process(inbound([event("y2", 3, yuri)], 3)))  # worker A updates yuri: still on its way
+        y = ProfileUpdate.model_validate_json(a_out[0][1] or b"").profile_id
+
+        def a_merges_xenia_into_wanda() -> None:
+            if len(a_out) == 1:
+                a_out.extend(updates(a.process(inbound([event("wx", 5, wanda, xenia)], 5))))
+
+        # worker B merges yuri into xenia; between B's apply and B's snapshot, A merges xenia into wanda
+        b = Processor(MeanwhileBeforeSnapshot(store, a_merges_xenia_into_wanda))
+        b_out = updates(b.process(inbound([event("xy", 4, xenia, yuri)], 4)))
+        assert y not in {p["profile_id"] for p in store.profiles()}
+        announced = [ProfileUpdate.model_validate_json(value) for _, value in b_out if value is not None]
+        assert [y in u.merged_from for u in announced] == [True]  # with a version, not only a tombstone
+
+        # each worker's messages in its own order, the two workers' in any interleaving
+        n = len(a_out) + len(b_out)
+        for b_at in itertools.combinations(range(n), len(b_out)):
+            a_next, b_next = iter(a_out), iter(b_out)
+            mirror = Mirror()
+            mirror.apply_many(setup)
+            mirror.apply_many(next(b_next) if i in b_at else next(a_next) for i in range(n))
+            assert mirror.profiles() == list(store.profiles()), b_at
+    finally:
+        store.clear()

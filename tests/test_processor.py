@@ -224,3 +224,18 @@ def test_a_split_names_what_moved_and_why(store: RedisIdentityStore) -> None:
     split_changes = [c for c in changes if c.type == "split"]
     assert split_changes
     assert all(c.evidence and c.evidence["rule"] == "shared_identifier" for c in split_changes)
+
+
+def test_a_merge_chain_in_one_batch_names_every_retired_id_in_the_survivors_update(store: RedisIdentityStore) -> None:
+    processor = Processor(store)
+    yuri, xenia, quinn = ("email", "yuri@mail.ru"), ("email", "xenia@mail.ru"), ("email", "quinn@mail.ru")
+    processor.process(inbound([event("y", 0, yuri), event("x", 1, xenia), event("q", 2, quinn)]))
+    # xenia absorbs quinn, then yuri absorbs xenia: quinn must be named with a version too (a bare
+    # tombstone would let an older update of quinn from another worker bring it back in a subscriber)
+    out = processor.process(inbound([event("xq", 3, xenia, quinn), event("yx", 4, yuri, xenia)], 3))
+    updates = [ProfileUpdate.model_validate_json(o.value) for o in on(out, "profiles.updates") if o.value]
+    tombstones = sorted((o.key or b"").decode() for o in on(out, "profiles.updates") if o.value is None)
+    assert [u.kind for u in updates] == ["merged"]
+    assert len(tombstones) == 2
+    assert updates[0].merged_from == tombstones
+    assert sorted(updates[0].event_ids) == ["xq", "yx"]
