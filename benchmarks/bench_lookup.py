@@ -64,6 +64,8 @@ from pathlib import Path
 from types import FrameType, SimpleNamespace
 from typing import Any
 
+from benchlib import cpu_seconds, percentiles
+
 TOKEN = "bench-token-0123456789abcdef"  # noqa: S105 - a throwaway token of a throwaway server
 CONNECTIONS = 64
 WARMUP_S = 2.0
@@ -77,19 +79,6 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-def percentiles(values: Sequence[float], points: Sequence[str] = ("p50", "p95", "p99", "max")) -> dict[str, float]:
-    """Nearest-rank percentiles of seconds, in milliseconds."""
-    ordered = sorted(values)
-    out: dict[str, float] = {}
-    for name in points:
-        if not ordered:
-            out[name] = math.nan
-            continue
-        rank = len(ordered) if name == "max" else max(1, math.ceil(float(name[1:]) / 100 * len(ordered)))
-        out[name] = round(ordered[rank - 1] * 1000, 3)
-    return out
-
-
 # ----------------------------------------------------------------------------- the load generator (--client)
 
 
@@ -100,15 +89,6 @@ def _expected_ok(answer: dict[str, Any], pids: Sequence[str]) -> bool:
     if status == "ambiguous":
         return True
     return status == "found" and answer.get("profile_id") in pids
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds a process has used so far (Linux /proc; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Phase:

@@ -1,0 +1,207 @@
+"""Ingest benchmark: one worker resolves a stream already on the touch topic, beside a bare aiokafka consumer.
+
+    python benchmarks/bench_ingest.py [--events 200000] [--partitions 4] [--seed 1]
+                                      [--set IDSTREAM_BATCH_SIZE=1000 ...] [--py-spy FILE]
+
+Prints one JSON line; progress goes to stderr. Starts a private broker (the embedded Tansu) and a private
+redis-server, generates ``--events`` touches with ``idstream generate``'s model (switchboards, junk values,
+redeliveries and late CRM events included), produces them to the touch topic, then:
+
+* **reference** (same run, same topic): a bare ``aiokafka`` consumer, partitions assigned, reads the whole
+  topic from the beginning and JSON-parses every value, once with the standard library and once with orjson;
+  ``reference_events_per_s`` is the faster of the two (the demanding denominator);
+* **worker**: ``idstream worker`` (one process) resolves all of it: Redis updated, profile updates, identity
+  changes and dead letters produced, offsets committed. Timed from the first event applied (the worker's
+  start-up and group join are not counted) to the group's lag reaching 0, so it includes the last commit.
+
+Also reported: the worker's and Redis' CPU seconds per 1,000 events, Redis' own time per event (INFO
+commandstats), the profile updates produced, and **memory** after the run: Redis bytes per identifier of
+the graph and its index (``graph_bytes_per_identifier``), golden-profile bytes per person, and the rest.
+``--py-spy FILE`` samples the worker with py-spy while it ingests (raw stacks to FILE.txt) and adds the
+functions with the largest inclusive share of samples to the result.
+
+Targets (2-core machine, broker and Redis on the same machine): >= 20,000 events/s, or at least 0.2 of the
+reference; <= 300 bytes of Redis per identifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from benchlib import cpu_seconds, deployment, log, machine, py_spy, summarize_profile, wait_for
+from kafka import KafkaProducer
+
+from schemas import TouchEvent
+from streams.cli import _group_lag
+from streams.generate import generate
+from streams.redis_store import KEY_NAMES
+
+GRAPH_KEYS = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "born", "hparent", "hkey", "hsize")
+EVENTS_PER_PERSON = 5.9  # what generate() makes on average
+
+
+def say(message: str) -> None:
+    log("bench_ingest", message)
+
+
+def make_values(events: int, seed: int) -> tuple[list[bytes], int]:
+    touches = generate(int(events / EVENTS_PER_PERSON) + 50, seed).touches
+    while len(touches) < events:  # pragma: no cover - the estimate is generous
+        touches += generate(1000, seed + len(touches)).touches
+    touches = touches[:events]
+    values = [TouchEvent.from_touch(t).model_dump_json().encode() for t in touches]
+    return values, len({t.event_id for t in touches})
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> float:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=512 * 1024, max_request_size=8 << 20
+    )
+    start = time.perf_counter()
+    for value in values:
+        producer.send(topic, value)
+    producer.flush()
+    producer.close()
+    return time.perf_counter() - start
+
+
+async def bare_consume(bootstrap: str, topic: str, total: int, parse: Any) -> float:
+    """Seconds for a bare aiokafka consumer to read and parse the whole topic (from its first record)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen, start = 0, None
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if start is None and batches:
+                start = time.perf_counter()
+            for records in batches.values():
+                for record in records:
+                    parse(record.value)
+                seen += sum(len(r) for r in batches.values())
+        return time.perf_counter() - (start or time.perf_counter())
+    finally:
+        await consumer.stop()
+
+
+def end_offsets(bootstrap: str, topic: str) -> int:
+    from kafka import KafkaConsumer  # noqa: PLC0415
+    from kafka import TopicPartition as KafkaTP  # noqa: PLC0415
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = [KafkaTP(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return int(sum(consumer.end_offsets(parts).values()))
+    finally:
+        consumer.close()
+
+
+def memory(client: redis.Redis, prefix: str) -> dict[str, Any]:
+    key = {name: f"{{{prefix}}}:{name}" for name in KEY_NAMES}
+    usage = {name: int(client.memory_usage(k, samples=0) or 0) for name, k in key.items()}
+    identifiers = int(client.hlen(key["owner"]))
+    persons = int(client.hlen(key["person"]))
+    graph = sum(usage[k] for k in GRAPH_KEYS)
+    profiles = usage["agg"]
+    return {
+        "identifiers": identifiers,
+        "persons": persons,
+        "graph_bytes_per_identifier": round(graph / max(identifiers, 1)),
+        "profile_bytes_per_person": round(profiles / max(persons, 1)),
+        "other_bytes": sum(usage.values()) - graph - profiles,
+        "used_memory_bytes": int(client.info("memory")["used_memory"]),
+        "bytes_by_key": usage,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="IDSTREAM_X=VALUE", help="worker setting")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE", help="profile the worker")
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+
+    say(f"generating {args.events} events")
+    values, distinct = make_values(args.events, args.seed)
+    with deployment(args.partitions, overrides) as d:
+        settings = d.settings()
+        topic = d.touch_topic
+        say(f"producing to {topic} ({args.partitions} partitions)")
+        produce_s = produce(d.kafka, topic, values)
+
+        say("reference: bare aiokafka consumer")
+        ref_json_s = asyncio.run(bare_consume(d.kafka, topic, len(values), json.loads))
+        ref_orjson_s = asyncio.run(bare_consume(d.kafka, topic, len(values), orjson.loads))
+        ref_s = min(ref_json_s, ref_orjson_s)
+
+        client = redis.Redis.from_url(d.redis_url)
+        seen_key = f"{{{settings.redis_prefix}}}:seen"
+        redis_cpu = client.info("cpu")
+        say("worker: starting")
+        worker = d.start_worker()
+        wait_for(lambda: client.exists(seen_key), 120, "the worker to apply its first batch", every=0.01)
+        start = time.perf_counter()
+        cpu0 = cpu_seconds(worker.pid)
+        say("worker: ingesting")
+        with py_spy(worker.pid, args.py_spy):
+            wait_for(lambda: client.scard(seen_key) >= distinct, args.timeout, "every event applied", every=0.1)
+            applied_s = time.perf_counter() - start
+            wait_for(lambda: _group_lag(d.kafka, settings.app_id, [topic]) == 0, 120, "the commit", every=0.1)
+        worker_s = time.perf_counter() - start
+        cpu1 = cpu_seconds(worker.pid)
+        redis_cpu_after = client.info("cpu")
+        evalsha = client.info("commandstats").get("cmdstat_evalsha", {})
+        if worker.poll() is not None:
+            raise SystemExit(f"the worker died:\n{d.worker_log()[-2000:]}")
+        updates = end_offsets(d.kafka, settings.profiles_topic)
+        dead = end_offsets(d.kafka, settings.dlq_topic)
+        mem = memory(client, settings.redis_prefix)
+
+    events = len(values)
+    eps = events / worker_s
+    ref_eps = events / ref_s
+    redis_cpu_s = sum(float(redis_cpu_after[k]) - float(redis_cpu[k]) for k in ("used_cpu_user", "used_cpu_sys"))
+    result: dict[str, Any] = {
+        "bench": "ingest",
+        "events": events,
+        "distinct_event_ids": distinct,
+        "partitions": args.partitions,
+        "settings": overrides,
+        "worker_events_per_s": round(eps),
+        "worker_applied_events_per_s": round(events / applied_s),
+        "reference_events_per_s": round(ref_eps),
+        "reference_json_events_per_s": round(events / ref_json_s),
+        "reference_orjson_events_per_s": round(events / ref_orjson_s),
+        "worker_to_reference": round(eps / ref_eps, 4),
+        "produce_events_per_s": round(events / produce_s),
+        "profile_updates": updates,
+        "dead_letters": dead,
+        "worker_cpu_s_per_1000": round((cpu1 - cpu0) / events * 1000, 4) if cpu0 is not None and cpu1 else None,
+        "redis_cpu_s_per_1000": round(redis_cpu_s / events * 1000, 4),
+        "redis_us_per_event": round(float(evalsha.get("usec", 0)) / events, 1),
+        **mem,
+        "targets": {"events_per_s": 20_000, "to_reference": 0.2, "graph_bytes_per_identifier": 300},
+        **machine(),
+    }
+    if args.py_spy is not None:
+        result["profile_inclusive"] = summarize_profile(args.py_spy.with_suffix(".txt"))
+    print(json.dumps(result, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
