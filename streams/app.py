@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 import faust
 import redis
 from faust.streams import Stream
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -89,9 +90,37 @@ async def run_batch(
             return None
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust hard-codes 1,500 ms. A broker that does not answer a fetch early when records arrive
+        # (the embedded Tansu) then holds every fetch that found nothing that long: a p50 latency of
+        # 1.7 s at 1,000 events/s (benchmarks/bench_latency.py).
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    """Faust whose consumer waits at most ``fetch_max_wait_ms`` at the broker (``IDSTREAM_FETCH_MAX_WAIT``)."""
+
+    fetch_max_wait_ms = 1500
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
 def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
     """A Faust app (one consumer group) tuned for idstream's agents."""
-    return faust.App(
+    app = _App(
         app_id,
         broker=f"kafka://{bootstrap}",
         store="memory://",
@@ -104,8 +133,14 @@ def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
         broker_rebalance_timeout=settings.broker_session_timeout,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
+        # Faust's 16 KiB producer batches hold four profile updates: a send then waits for the batch in
+        # flight to that partition, and one worker could not produce 1,000 profiles/s (bench_latency.py).
+        producer_max_batch_size=settings.producer_batch_bytes,
+        producer_max_request_size=max(settings.producer_batch_bytes, 1 << 20) * 2,
         web_enabled=False,
     )
+    app.fetch_max_wait_ms = max(1, round(settings.fetch_max_wait * 1000))
+    return app
 
 
 def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:

@@ -72,7 +72,15 @@ class Settings(BaseSettings):
     triggers_topic: str = "triggers"
     topic_partitions: int = Field(4, ge=1)
     batch_size: int = Field(500, ge=1, description="Most events per batch (one Redis call).")
-    batch_within: float = Field(0.2, gt=0, description="Seconds to wait for a batch to fill.")
+    batch_within: float = Field(
+        0.02, gt=0, description="Seconds to wait for a batch to fill (under load batches fill before that)."
+    )
+    producer_batch_bytes: int = Field(
+        1 << 20, ge=16384, description="Largest batch of output messages per partition (Faust's default: 16 KiB)."
+    )
+    fetch_max_wait: float = Field(
+        0.01, gt=0, le=5, description="Seconds a consumer fetch may wait at the broker for records (Faust: 1.5)."
+    )
     broker_session_timeout: float = Field(
         10.0, gt=0, description="Seconds; group joins wait on it (Faust's 60 s default makes startup slow)."
     )
