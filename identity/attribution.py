@@ -175,8 +175,9 @@ def attribute(path: Sequence[PathStep], model: Model, ranks: ChannelRanks | None
                 return {channel: 1.0}
         return {channels[-1]: 1.0}
     if model == "rank":
-        table = ranks or ChannelRanks()
-        best = max(range(n), key=lambda i: (table.rank(channels[i]), -i))
+        if not ranks:  # nothing ranked: every channel ties, and the earliest wins
+            return {channels[0]: 1.0}
+        best = max(range(n), key=lambda i: (ranks.rank(channels[i]), -i))
         return {channels[best]: 1.0}
     credits: Credits = {}
     if model == "linear":

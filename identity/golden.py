@@ -16,6 +16,7 @@ then :func:`render`, which every store shares).
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -202,7 +203,11 @@ def _deal_view(touch: Touch) -> dict[str, Any]:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    """Compact, key-sorted JSON; orjson (5x the standard library: every touch is stored as a view)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # an integer beyond 64 bits: the standard library writes it
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
 def _rank_text(rank: tuple[int, EventKey]) -> str:
@@ -337,12 +342,21 @@ class _Path:
         """Every model's credits for the touches up to ``until`` (a key text; None: every touch so far)."""
         n = len(self.keys) if until is None else bisect.bisect_right(self.keys, until)
         truncated = not self.kept_all and (until is None or until > self.last_kept)
-        models = attribute_all(self.steps[:n], self.ranks)
+        views = _model_views(tuple(channel for _, channel in self.steps[:n]), self.ranks)
         return {
             "touches": n,
             "truncated": truncated,
-            "models": {model: credits_view(credits) for model, credits in models.items()},
+            "models": {model: [dict(row) for row in rows] for model, rows in views.items()},
         }
+
+
+@functools.lru_cache(maxsize=8192)
+def _model_views(channels: tuple[Channel, ...], ranks: ChannelRanks) -> dict[str, list[dict[str, Any]]]:
+    """Every model's credit rows for one sequence of channels (memoized: the paths of returning people repeat
+    in every update of their profile, and six models over up to 100 touches were a fifth of a worker's time).
+    The caller copies the rows it hands out."""
+    path = [(i, channel) for i, channel in enumerate(channels)]
+    return {model: credits_view(credits) for model, credits in attribute_all(path, ranks).items()}
 
 
 def _deal(deal: dict[str, Any], created: str | None, path: _Path, policy: ResolutionPolicy) -> dict[str, Any]:

@@ -235,7 +235,7 @@ class RedisIdentityStore:
                     "c": contribution(
                         touch, key, self.policy.trust(touch.type, touch.source), self.policy.points(touch)
                     ),
-                    "x": json.dumps({"source": touch.source, "occurred_at": touch.occurred_at.isoformat()}),
+                    "x": orjson.dumps({"source": touch.source, "occurred_at": touch.occurred_at.isoformat()}).decode(),
                 }
             )
         outs: list[dict[str, Any]] = []
@@ -255,10 +255,10 @@ class RedisIdentityStore:
 
     def _call(self, items: list[dict[str, Any]]) -> Any:
         try:
-            raw = self._resolve(keys=self.keys, args=[self._policy_json, json.dumps(items, ensure_ascii=False)])
+            raw = self._resolve(keys=self.keys, args=[self._policy_json, orjson.dumps(items)])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise TransientError(f"redis unavailable: {exc}") from exc
-        return json.loads(raw)
+        return orjson.loads(raw)
 
     def _run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply a stretch of events; events not newer than the last erasure carry their identifiers' hashes."""
