@@ -14,7 +14,8 @@ redeliveries and late CRM events included), produces them to the touch topic, th
   changes and dead letters produced, offsets committed. Timed from the first event applied (the worker's
   start-up and group join are not counted) to the group's lag reaching 0, so it includes the last commit.
 
-Also reported: the worker's and Redis' CPU seconds per 1,000 events, Redis' own time per event (INFO
+Also reported: the worker's, Redis' and the broker's CPU seconds per 1,000 events (three processes share
+the machine's cores), Redis' own time per event (INFO
 commandstats), the profile updates produced, and **memory** after the run: Redis bytes per identifier of
 the graph and its index (``graph_bytes_per_identifier``), golden-profile bytes per person, and the rest.
 ``--py-spy FILE`` samples the worker with py-spy while it ingests (raw stacks to FILE.txt) and adds the
@@ -125,6 +126,11 @@ def memory(client: redis.Redis, prefix: str) -> dict[str, Any]:
     }
 
 
+def per_1000(before: float | None, after: float | None, events: int) -> float | None:
+    """CPU seconds per 1,000 events between two readings (None where /proc is not available)."""
+    return None if before is None or after is None else round((after - before) / events * 1000, 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -156,14 +162,14 @@ def main() -> None:
         worker = d.start_worker()
         wait_for(lambda: client.exists(seen_key), 120, "the worker to apply its first batch", every=0.01)
         start = time.perf_counter()
-        cpu0 = cpu_seconds(worker.pid)
+        cpu0, broker0 = cpu_seconds(worker.pid), cpu_seconds(d.broker_pid)
         say("worker: ingesting")
         with py_spy(worker.pid, args.py_spy):
             wait_for(lambda: client.scard(seen_key) >= distinct, args.timeout, "every event applied", every=0.1)
             applied_s = time.perf_counter() - start
             wait_for(lambda: _group_lag(d.kafka, settings.app_id, [topic]) == 0, 120, "the commit", every=0.1)
         worker_s = time.perf_counter() - start
-        cpu1 = cpu_seconds(worker.pid)
+        cpu1, broker1 = cpu_seconds(worker.pid), cpu_seconds(d.broker_pid)
         redis_cpu_after = client.info("cpu")
         evalsha = client.info("commandstats").get("cmdstat_evalsha", {})
         if worker.poll() is not None:
@@ -191,8 +197,9 @@ def main() -> None:
         "produce_events_per_s": round(events / produce_s),
         "profile_updates": updates,
         "dead_letters": dead,
-        "worker_cpu_s_per_1000": round((cpu1 - cpu0) / events * 1000, 4) if cpu0 is not None and cpu1 else None,
+        "worker_cpu_s_per_1000": per_1000(cpu0, cpu1, events),
         "redis_cpu_s_per_1000": round(redis_cpu_s / events * 1000, 4),
+        "broker_cpu_s_per_1000": per_1000(broker0, broker1, events),
         "redis_us_per_event": round(float(evalsha.get("usec", 0)) / events, 1),
         **mem,
         "targets": {"events_per_s": 20_000, "to_reference": 0.2, "graph_bytes_per_identifier": 300},

@@ -123,15 +123,15 @@ def echo_ids(value: bytes | None) -> list[str]:
     return [str(orjson.loads(value)["event_id"])] if value else []
 
 
-async def wait_ready(bootstrap: str, send_topic: str, read_topic: str, value: tuple[str, bytes]) -> None:
-    """Send one event until its update comes back (the worker has joined and is consuming)."""
+async def wait_ready(bootstrap: str, topics: tuple[str, str], value: tuple[str, bytes], read_ids: Any) -> None:
+    """Send one event until its answer comes back (the worker has joined, the topics' metadata is known)."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        _, _, missing = await run_phase(bootstrap, (send_topic, read_topic), [value], 1.0, update_ids)
+        _, _, missing = await run_phase(bootstrap, topics, [value], 1.0, read_ids)
         if missing == 0:
             return
         await asyncio.sleep(1)
-    raise TimeoutError("the worker did not answer within 180 s")
+    raise TimeoutError(f"no answer on {topics[1]} within 180 s")
 
 
 def main() -> None:
@@ -154,10 +154,11 @@ def main() -> None:
         echo = "latency.echo"
         ensure_topics(settings.model_copy(update={"touch_topics": [*settings.touch_topics, echo]}), d.kafka)
         say("reference: the broker round trip alone")
+        asyncio.run(wait_ready(d.kafka, (echo, echo), values[0], echo_ids))
         ref, _, ref_missing = asyncio.run(run_phase(d.kafka, (echo, echo), values[1:], args.rate, echo_ids))
         say("starting the worker")
         worker = d.start_worker()
-        asyncio.run(wait_ready(d.kafka, d.touch_topic, settings.profiles_topic, values[0]))
+        asyncio.run(wait_ready(d.kafka, (d.touch_topic, settings.profiles_topic), values[0], update_ids))
         say(f"measuring {args.seconds:.0f} s at {args.rate:.0f} events/s")
         cpu0 = cpu_seconds(worker.pid)
         wall0 = time.perf_counter()

@@ -66,6 +66,7 @@ class Deployment:
     tmp: Path
     partitions: int
     overrides: dict[str, str] = field(default_factory=dict)
+    broker_pid: int = 0
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -127,7 +128,7 @@ def deployment(partitions: int, overrides: dict[str, str], *, redis_url: str | N
     server = None if redis_url else start_redis()
     try:
         url = redis_url or (server.url if server else "")
-        d = Deployment(broker.url, url, tmp, partitions, overrides)
+        d = Deployment(broker.url, url, tmp, partitions, overrides, broker.process.pid)
         ensure_topics(d.settings(), d.kafka)
         try:
             yield d
