@@ -37,15 +37,13 @@ from typing import Any
 import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from benchlib import cpu_seconds, deployment, log, machine, py_spy, summarize_profile, wait_for
+from benchlib import cpu_seconds, deployment, log, machine, py_spy, redis_memory, summarize_profile, wait_for
 from kafka import KafkaProducer
 
 from schemas import TouchEvent
 from streams.cli import _group_lag
 from streams.generate import generate
-from streams.redis_store import KEY_NAMES
 
-GRAPH_KEYS = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "born", "hparent", "hkey", "hsize")
 EVENTS_PER_PERSON = 5.9  # what generate() makes on average
 
 
@@ -108,24 +106,6 @@ def end_offsets(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def memory(client: redis.Redis, prefix: str) -> dict[str, Any]:
-    key = {name: f"{{{prefix}}}:{name}" for name in KEY_NAMES}
-    usage = {name: int(client.memory_usage(k, samples=0) or 0) for name, k in key.items()}
-    identifiers = int(client.hlen(key["owner"]))
-    persons = int(client.hlen(key["person"]))
-    graph = sum(usage[k] for k in GRAPH_KEYS)
-    profiles = usage["agg"]
-    return {
-        "identifiers": identifiers,
-        "persons": persons,
-        "graph_bytes_per_identifier": round(graph / max(identifiers, 1)),
-        "profile_bytes_per_person": round(profiles / max(persons, 1)),
-        "other_bytes": sum(usage.values()) - graph - profiles,
-        "used_memory_bytes": int(client.info("memory")["used_memory"]),
-        "bytes_by_key": usage,
-    }
-
-
 def per_1000(before: float | None, after: float | None, events: int) -> float | None:
     """CPU seconds per 1,000 events between two readings (None where /proc is not available)."""
     return None if before is None or after is None else round((after - before) / events * 1000, 4)
@@ -176,7 +156,7 @@ def main() -> None:
             raise SystemExit(f"the worker died:\n{d.worker_log()[-2000:]}")
         updates = end_offsets(d.kafka, settings.profiles_topic)
         dead = end_offsets(d.kafka, settings.dlq_topic)
-        mem = memory(client, settings.redis_prefix)
+        mem = {**redis_memory(client, settings.redis_prefix), "used_memory_bytes": client.info("memory")["used_memory"]}
 
     events = len(values)
     eps = events / worker_s

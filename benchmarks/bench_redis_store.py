@@ -21,12 +21,11 @@ import time
 import uuid
 
 import redis
+from benchlib import redis_memory
 
 from streams.embedded import start_redis
 from streams.generate import generate
-from streams.redis_store import KEY_NAMES, RedisIdentityStore
-
-GRAPH_KEYS = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "born", "hparent", "hkey", "hsize")
+from streams.redis_store import RedisIdentityStore
 
 
 def main() -> None:
@@ -54,28 +53,24 @@ def main() -> None:
             store.apply_batch(batch)
         store_s = time.perf_counter() - start
 
-        key = dict(zip(KEY_NAMES, store.keys, strict=True))
-        usage = {name: int(client.memory_usage(key[name], samples=0) or 0) for name in KEY_NAMES}
+        mem = redis_memory(client, store.prefix)
         stats = client.info("commandstats").get("cmdstat_evalsha", {})
-        identifiers = int(client.hlen(key["owner"]))
-        persons = int(client.hlen(key["person"]))
-        graph = sum(usage[k] for k in GRAPH_KEYS)
         print(
             json.dumps(
                 {
                     "bench": "redis_store",
                     "events": len(stream),
                     "batch": args.batch,
-                    "identifiers": identifiers,
-                    "persons": persons,
+                    "identifiers": mem["identifiers"],
+                    "persons": mem["persons"],
                     "store_events_per_s": round(len(stream) / store_s),
                     "reference_hset_events_per_s": round(len(stream) / ref_s),
                     "store_to_reference": round(ref_s / store_s, 4),
                     "redis_us_per_event": round(stats.get("usec", 0) / len(stream), 1),
-                    "graph_bytes_per_identifier": round(graph / identifiers),
-                    "profile_bytes_per_person": round((usage["agg"]) / persons),
-                    "seen_bytes_per_event": round(usage["seen"] / len(set(t.event_id for t in stream))),
-                    "bytes_by_key": usage,
+                    "graph_bytes_per_identifier": mem["graph_bytes_per_identifier"],
+                    "profile_bytes_per_person": mem["profile_bytes_per_person"],
+                    "seen_bytes_per_event": round(mem["bytes_by_key"]["seen"] / len({t.event_id for t in stream})),
+                    "bytes_by_key": mem["bytes_by_key"],
                     "redis": client.info("server")["redis_version"],
                     "python": platform.python_version(),
                     "machine": f"{platform.machine()} {os.cpu_count()} cpu",

@@ -141,6 +141,29 @@ def deployment(partitions: int, overrides: dict[str, str], *, redis_url: str | N
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: The hashes of the identity graph and its index (the rest: golden-profile aggregates, seen ids, metadata).
+GRAPH_KEYS = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "born", "hparent", "hkey", "hsize")
+
+
+def redis_memory(client: Any, prefix: str) -> dict[str, Any]:
+    """Redis bytes of one store (``MEMORY USAGE`` per key, exact): per identifier of the graph, per profile."""
+    from streams.redis_store import KEY_NAMES  # noqa: PLC0415
+
+    key = {name: f"{{{prefix}}}:{name}" for name in KEY_NAMES}
+    usage = {name: int(client.memory_usage(k, samples=0) or 0) for name, k in key.items()}
+    identifiers = int(client.hlen(key["owner"]))
+    persons = int(client.hlen(key["person"]))
+    graph = sum(usage[k] for k in GRAPH_KEYS)
+    return {
+        "identifiers": identifiers,
+        "persons": persons,
+        "graph_bytes_per_identifier": round(graph / max(identifiers, 1)),
+        "profile_bytes_per_person": round(usage["agg"] / max(persons, 1)),
+        "other_bytes": sum(usage.values()) - graph - usage["agg"],
+        "bytes_by_key": usage,
+    }
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds a process has used so far (Linux /proc; None elsewhere)."""
     try:

@@ -93,10 +93,9 @@ async def run_batch(
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        # Faust hard-codes 1,500 ms. A broker that does not answer a fetch early when records arrive
-        # (the embedded Tansu) then holds every fetch that found nothing that long: a p50 latency of
-        # 1.7 s at 1,000 events/s (benchmarks/bench_latency.py).
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
+        # Faust hard-codes 1,500 ms: with a broker that holds a fetch until its wait ends instead of
+        # answering when records arrive, every fetch that found nothing would add that much latency.
+        consumer._fetch_max_wait_ms = cast(_App, self.app).fetch_max_wait_ms
         return consumer
 
 

@@ -113,6 +113,11 @@ class _Pending:
     moved: set[tuple[str, str]] = field(default_factory=set)
     evidence: list[dict[str, Any]] = field(default_factory=list)
 
+    def raise_kind(self, kind: ChangeKind) -> None:
+        """Keep the strongest of the kinds that happened to the profile."""
+        if _KIND_ORDER[kind] > _KIND_ORDER[self.kind]:
+            self.kind = kind
+
 
 def _fold(p: _Pending, retired_id: str, into: _Pending) -> None:
     """Move a retired id's pending update into its survivor's, which then announces the id as merged.
@@ -120,9 +125,8 @@ def _fold(p: _Pending, retired_id: str, into: _Pending) -> None:
     A bare tombstone carries no version: without a versioned ``merged_from``, an older update of the id
     still on its way from another worker would bring it back in a subscriber.
     """
-    for kind in (p.kind, "merged"):
-        if _KIND_ORDER[kind] > _KIND_ORDER[into.kind]:
-            into.kind = kind
+    into.raise_kind(p.kind)
+    into.raise_kind("merged")
     into.event_ids.extend(e for e in p.event_ids if e not in into.event_ids)
     into.merged_from.update(p.merged_from, [retired_id])
     into.split_from.update(p.split_from)
@@ -203,8 +207,7 @@ class Processor:
                 continue
             for change in result.changes:
                 p = pending.setdefault(change.profile_id, _Pending())
-                if _KIND_ORDER[change.kind] > _KIND_ORDER[p.kind]:
-                    p.kind = change.kind
+                p.raise_kind(change.kind)
                 if touch.event_id not in p.event_ids:
                     p.event_ids.append(touch.event_id)
                 p.merged_from.update(change.merged_from)
