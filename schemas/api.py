@@ -236,7 +236,7 @@ def openapi(version: str) -> dict[str, Any]:
             "title": "idstream lookup API",
             "version": version,
             "description": (
-                "Who is this caller? Reads the live identity graph. Every endpoint but /healthz needs "
+                "Who is this caller? Reads the live identity graph. Every endpoint but /healthz, /readyz and /metrics needs "
                 "`Authorization: Bearer <token>` (tokens come from IDSTREAM_API_TOKENS)."
             ),
         },
@@ -339,6 +339,25 @@ def openapi(version: str) -> dict[str, Any]:
                     "operationId": "health",
                     "security": [],
                     "responses": {"200": {"description": "The server is up."}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: Redis answers (no token needed)",
+                    "operationId": "ready",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "Ready to answer lookups."},
+                        "503": {"description": "Redis does not answer; the reason is in the body."},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics: counts and timings, no personal data (no token needed)",
+                    "operationId": "metrics",
+                    "security": [],
+                    "responses": {"200": {"description": "The Prometheus text exposition format."}},
                 }
             },
         },

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -20,11 +21,12 @@ import faust
 import redis
 from faust.streams import Stream
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import EventT
+from faust.types import TP, EventT
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from identity import TransientError
+from streams.observe import LAG, STORE_RETRIES, record_batch, start_health_server
 from streams.processor import Inbound, Processor
 from streams.settings import Settings
 
@@ -80,6 +82,7 @@ async def run_batch(
             if waited >= give_up_after:
                 on_fatal(f"store unavailable for {waited:.0f} s: {exc}")
                 return None
+            STORE_RETRIES.inc()
             log.warning("transient error, retrying in %.1f s: %s", delay, exc)
             await asyncio.sleep(delay)
             waited += delay
@@ -142,19 +145,26 @@ def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
     return app
 
 
-def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
-    """A Faust app wired to the given broker and Redis."""
+def create_app(settings: Settings, bootstrap: str, redis_url: str, *, health: bool = True) -> faust.App:
+    """A Faust app wired to the given broker and Redis (``health``: serve /metrics, /healthz, /readyz)."""
     app = faust_app(settings, settings.app_id, bootstrap)
     client = redis.Redis.from_url(redis_url)
     processor = Processor(settings.redis_store(client), settings.output_topics(), settings.trigger_rules_config())
     touches = app.topic(*settings.touch_topics, key_type=bytes, value_type=bytes, value_serializer="raw")
+    processed: dict[TP, int] = {}  # the next offset to process, per partition this worker has handled
 
     async def resolve(stream: faust.StreamT[Any]) -> None:
         events: Sequence[EventT[Any]]
         batches = cast(Stream[Any], stream).take_events(settings.batch_size, within=settings.batch_within)
         async for events in batches:
             batch = [Inbound(e.message.value, e.message.topic, e.message.partition, e.message.offset) for e in events]
-            out = await run_batch(processor.process, batch, give_up_after=settings.give_up_after)
+            started = time.perf_counter()
+            counted = await run_batch(processor.process_counted, batch, give_up_after=settings.give_up_after)
+            if counted is None:
+                continue
+            out, stats = counted
+            for e in events:
+                processed[e.message.tp] = e.message.offset + 1
             if not out:
                 continue
             for message in out:
@@ -162,6 +172,49 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
             if any(m.trigger_id for m in out):
                 await app.producer.flush()  # delivered before recorded: a crash re-fires, never loses
                 await run_batch(processor.confirm, out, give_up_after=settings.give_up_after)
+            record_batch(stats, time.perf_counter() - started, len(batch), settings.blob_component_size)
 
     app.agent(touches, name="idstream.resolve", concurrency=1)(resolve)
+    if health:
+        _observe(app, settings, client, processed)
     return app
+
+
+def _observe(app: faust.App, settings: Settings, client: redis.Redis, processed: dict[TP, int]) -> None:
+    """Consumer lag every few seconds, and /metrics, /healthz, /readyz for probes and Prometheus."""
+    assigned = asyncio.Event()
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode types a sync receiver
+    async def _assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned.set()
+
+    async def lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            done = processed.get(tp)
+            if done is None:
+                done = await consumer.position(tp)
+            high = consumer.highwater(tp)
+            if done is not None and high is not None:
+                LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
+
+    async def ready() -> str | None:
+        if not assigned.is_set() or app.rebalancing:
+            return "joining the consumer group"
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, client.ping)
+        except redis.RedisError as exc:
+            return f"redis unavailable: {type(exc).__name__}"
+        return None
+
+    async def serve() -> None:
+        where = f"http://{settings.metrics_host}:{settings.metrics_port}"
+        try:
+            await start_health_server(settings.metrics_host, settings.metrics_port, ready)
+        except OSError as exc:  # a second worker on a laptop: resolving matters more than its metrics
+            log.error("metrics and probes are off: cannot listen on %s: %s", where, exc)
+            return
+        log.info("metrics and probes on %s (/metrics, /healthz, /readyz)", where)
+
+    app.timer(5.0)(lag)
+    app.task(serve)

@@ -25,6 +25,7 @@ from identity import Identifier, IdstreamError, Normalizer, Touch
 from identity.attribution import MODELS
 from schemas import InvalidMessage, TouchEvent, decode_touch, export_schemas
 from streams.generate import GeneratedStream, generate
+from streams.observe import setup_logging
 from streams.runtime import tune_gc
 from streams.runtime_state import Servers, forget, redis_url, remember, servers
 from streams.settings import Settings
@@ -113,7 +114,6 @@ def _store(settings: Settings) -> Any:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one Faust worker against the configured (or `up`) servers until stopped."""
-    import faust  # noqa: PLC0415 - heavy; only this command needs it
 
     from streams.app import create_app, ensure_topics  # noqa: PLC0415
 
@@ -122,13 +122,70 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ensure_topics(settings, found.kafka)
     tune_gc()
     app = create_app(settings, found.kafka, found.redis)
-    faust.Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    _run_worker(app, settings, args)
+    return 0
+
+
+def _logging(settings: Settings, args: argparse.Namespace | None = None) -> None:
+    level = getattr(args, "loglevel", None) or settings.log_level
+    setup_logging(settings.log_format, level, settings.secret_values())
+
+
+def _run_worker(app: Any, settings: Settings, args: argparse.Namespace) -> None:
+    """Run a Faust app with idstream's logging (JSON lines, secrets scrubbed) instead of Faust's."""
+    import faust  # noqa: PLC0415
+
+    _logging(settings, args)
+    worker = faust.Worker(app, quiet=True, override_logging=False, redirect_stdouts=False)
+    worker.spinner = None  # its terminal escapes would break a log of JSON lines
+    worker.execute_from_commandline()
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    """Create every topic idstream reads or writes (idempotent): a deployment's init step."""
+    from streams.app import ensure_topics  # noqa: PLC0415
+
+    settings = Settings()
+    found = servers(settings)
+    ensure_topics(settings, found.kafka)
+    print(f"topics ready on {found.kafka}: {settings.topic_partitions} partitions each", file=sys.stderr)
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    """Replay the touch topics into an empty Redis graph (Kafka is the source of truth)."""
+    from streams.rebuild import rebuild  # noqa: PLC0415
+
+    settings = Settings()
+    _logging(settings)
+    found = servers(settings)
+    store = settings.redis_store(redis.Redis.from_url(found.redis))
+    if args.force and (not store.is_empty()):
+        print(f"deleting the graph {{{store.prefix}}} ({len(store)} persons) before the rebuild", file=sys.stderr)
+        store.clear()
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        _progress(done, total, time.monotonic() - started)
+
+    report = rebuild(
+        store,
+        found.kafka,
+        touch_topics=settings.touch_topics,
+        profiles_topic=settings.profiles_topic,
+        triggers_topic=settings.triggers_topic,
+        changes_topic=settings.changes_topic,
+        batch_size=settings.batch_size,
+        progress=None if args.quiet else progress,
+    )
+    if not args.quiet:
+        sys.stderr.write("\n")
+    _dump({"rebuild": report.to_dict()}, sys.stdout)
     return 0
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     """Run the webhook agent (its own consumer group) against the configured (or `up`) servers."""
-    import faust  # noqa: PLC0415
 
     from streams.app import ensure_topics  # noqa: PLC0415
     from streams.webhooks_app import create_webhook_app  # noqa: PLC0415
@@ -140,7 +197,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     found = servers(settings)
     ensure_topics(settings, found.kafka)
     app = create_webhook_app(settings, found.kafka)
-    faust.Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    _run_worker(app, settings, args)
     return 0
 
 
@@ -155,7 +212,6 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
           f"(newest {head_revision()})", file=sys.stderr)  # fmt: skip
     if args.action == "migrate":
         return 0
-    import faust  # noqa: PLC0415
 
     from streams.app import ensure_topics  # noqa: PLC0415
     from streams.warehouse_app import create_warehouse_app  # noqa: PLC0415
@@ -163,7 +219,7 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
     found = servers(settings)
     ensure_topics(settings, found.kafka)
     app = create_warehouse_app(settings, found.kafka, writer)
-    faust.Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    _run_worker(app, settings, args)
     return 0
 
 
@@ -185,21 +241,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(done: int, total: int) -> None:
+def _progress(done: int, total: int, elapsed: float | None = None) -> None:
     width = 30
     filled = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    line = f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+    if elapsed:
+        rate = done / elapsed
+        left = (total - done) / rate if rate else 0
+        line += f"  {rate:,.0f}/s  {left:,.0f} s left   "
+    sys.stderr.write(line)
     sys.stderr.flush()
 
 
 def _group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition  # noqa: PLC0415
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    from streams.rebuild import end_offsets  # noqa: PLC0415
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        ends = consumer.end_offsets(partitions)
+        ends = end_offsets(consumer, partitions)
         # name the partitions: asking for all of a group's offsets is not answered by every broker
         committed = admin.list_group_offsets({group: partitions}).get(group, {})
         return sum(max(0, ends[tp] - max(0, committed[tp].offset if tp in committed else 0)) for tp in partitions)
@@ -412,12 +475,13 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | N
     """Every (key, value) on a topic right now, without joining a consumer group."""
     from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
 
+    from streams.rebuild import end_offsets  # noqa: PLC0415
+
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
+        ends = end_offsets(consumer, partitions)
         consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
         out: list[tuple[bytes | None, bytes | None]] = []
         deadline = time.monotonic() + 30
         while any(consumer.position(tp) < ends[tp] for tp in partitions) and time.monotonic() < deadline:
@@ -622,11 +686,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     worker = sub.add_parser("worker", help="run a Faust worker")
-    worker.add_argument("--loglevel", default="warning")
+    worker.add_argument("--loglevel", default=None, help="overrides IDSTREAM_LOG_LEVEL")
     worker.set_defaults(func=cmd_worker)
 
+    rebuild = sub.add_parser("rebuild", help="replay the touch topics into an empty Redis graph (workers stopped)")
+    rebuild.add_argument("--force", action="store_true", help="delete this deployment's graph first")
+    rebuild.add_argument("--quiet", action="store_true", help="no progress bar")
+    rebuild.set_defaults(func=cmd_rebuild)
+    topics = sub.add_parser("topics", help="create every topic (idempotent; a deployment's init step)")
+    topics.set_defaults(func=cmd_topics)
     webhooks = sub.add_parser("webhooks", help="run the webhook agent (delivers triggers over HTTP)")
-    webhooks.add_argument("--loglevel", default="warning")
+    webhooks.add_argument("--loglevel", default=None, help="overrides IDSTREAM_LOG_LEVEL")
     webhooks.set_defaults(func=cmd_webhooks)
 
     ingest = sub.add_parser("ingest", help="produce a JSON-lines file of touch events")
@@ -672,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     warehouse = sub.add_parser("warehouse", help="feed the SQL warehouse from the topics (or just migrate it)")
     warehouse.add_argument("action", nargs="?", choices=["run", "migrate"], default="run")
-    warehouse.add_argument("--loglevel", default="warning")
+    warehouse.add_argument("--loglevel", default=None, help="overrides IDSTREAM_LOG_LEVEL")
     warehouse.set_defaults(func=cmd_warehouse)
 
     report = sub.add_parser("report", help="reports from the warehouse").add_subparsers(dest="report", required=True)

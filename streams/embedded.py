@@ -70,15 +70,25 @@ class ChildServer:
         self.stop()
 
 
-def _spawn(name: str, argv: list[str], port: int, url: str, workdir: Path | None, *, ready_s: float) -> ChildServer:
+def _spawn(
+    name: str,
+    argv: list[str],
+    port: int,
+    url: str,
+    workdir: Path | None,
+    *,
+    ready_s: float,
+    env: dict[str, str] | None = None,
+) -> ChildServer:
     owns = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix=f"idstream-{name}-")) if workdir is None else workdir
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(  # noqa: S603 - argv built from our own binary paths
-            argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
-        )
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
+            env={**os.environ, **env} if env else None,
+        )  # fmt: skip
     server = ChildServer(name, process, port, url, workdir, log, owns)
     deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
@@ -109,14 +119,28 @@ def redis_server_binary() -> str:
     )
 
 
-def start_redis(workdir: Path | None = None, port: int | None = None, *, appendonly: bool = False) -> ChildServer:
-    """A private redis-server on loopback (no RDB snapshots; AOF only when asked)."""
+def start_redis(
+    workdir: Path | None = None,
+    port: int | None = None,
+    *,
+    appendonly: bool = False,
+    appendfsync: str = "everysec",
+    password: str | None = None,
+) -> ChildServer:
+    """A private redis-server on loopback (no RDB snapshots; AOF only when asked; a password when given).
+
+    Started again with the same ``workdir`` and ``port``, an AOF server loads what it had written.
+    """
     port = port or free_port()
     argv = [
         redis_server_binary(), "--port", str(port), "--bind", LOOPBACK, "--save", "",
-        "--appendonly", "yes" if appendonly else "no", "--dir", ".", "--protected-mode", "yes",
+        "--appendonly", "yes" if appendonly else "no", "--appendfsync", appendfsync,
+        "--dir", ".", "--protected-mode", "yes",
     ]  # fmt: skip
-    return _spawn("redis", argv, port, f"redis://{LOOPBACK}:{port}/0", workdir, ready_s=10)
+    if password:
+        argv += ["--requirepass", password]
+    auth = f":{password}@" if password else ""
+    return _spawn("redis", argv, port, f"redis://{auth}{LOOPBACK}:{port}/0", workdir, ready_s=10)
 
 
 def tansu_binary() -> str:
@@ -135,12 +159,21 @@ def tansu_binary() -> str:
     )
 
 
-def start_broker(workdir: Path | None = None, port: int | None = None) -> ChildServer:
-    """A private Kafka-protocol broker on loopback with in-memory storage."""
+def start_broker(
+    workdir: Path | None = None,
+    port: int | None = None,
+    *,
+    storage: str = "memory://tansu/",
+    env: dict[str, str] | None = None,
+) -> ChildServer:
+    """A private Kafka-protocol broker on loopback; in-memory storage unless ``storage`` says otherwise.
+
+    ``s3://BUCKET/`` (with ``AWS_*`` settings in ``env``) keeps topics and group offsets across a restart.
+    """
     port = port or free_port()
     listener = f"tcp://{LOOPBACK}:{port}"
     argv = [
         tansu_binary(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-        "--storage-engine", "memory://tansu/",
+        "--storage-engine", storage,
     ]  # fmt: skip
-    return _spawn("broker", argv, port, f"{LOOPBACK}:{port}", workdir, ready_s=15)
+    return _spawn("broker", argv, port, f"{LOOPBACK}:{port}", workdir, ready_s=15, env=env)

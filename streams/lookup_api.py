@@ -6,7 +6,7 @@
     GET  /v1/explain?profile_id=...  or  ?kind=..&value=..[&other_kind=..&other_value=..]
                                                          (the evidence: why one person, or why not)
     GET  /v1/openapi.json                                (this description, from schemas/api.py)
-    GET  /healthz                                        (no token)
+    GET  /healthz, /readyz (Redis answers), /metrics     (no token: probes and Prometheus; no personal data)
 
 Every answer is described by the models in :mod:`schemas.api` (published as ``schemas/openapi.json``).
 Raw values are normalized exactly as in the stream. A lookup answers ``found`` (one person),
@@ -14,7 +14,7 @@ Raw values are normalized exactly as in the stream. A lookup answers ``found`` (
 lists them and no single profile is claimed), ``not_found`` (HTTP 404) or ``invalid`` (HTTP 400
 for a single lookup, an item status in a batch).
 
-Every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>`` with a token from
+Every endpoint but the probes and ``/metrics`` needs ``Authorization: Bearer <token>`` with a token from
 ``IDSTREAM_API_TOKENS``; without configured tokens the server runs open, and only on loopback.
 Nothing a client sends reaches Redis as anything but a script argument, and nothing it sends can
 end the server: every failure becomes a JSON error with a message that says what is wrong.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ from schemas.api import MAX_VALUE, BatchLookupRequest, openapi
 from schemas.export import API_VERSION
 from sinks.warehouse import connect as connect_warehouse
 from sinks.warehouse.report import ReportSettings, parse_day, render
+from streams.observe import LOOKUP_REQUESTS, LOOKUP_SECONDS, metrics_response
 from streams.reader import AsyncReader
 from streams.redis_store import Found, RedisIdentityStore
 
@@ -111,10 +113,34 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "internal_error", "the server failed to answer; it is logged")
 
 
+#: Answered without a token: the probes, and Prometheus counts and timings (no identifier ever is a label).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+@web.middleware
+async def _timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Time every answer by route (its pattern, never the raw path: ids stay out of the labels)."""
+    route = request.match_info.route.resource
+    endpoint = route.canonical if route is not None else "other"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        if endpoint != "/metrics":
+            LOOKUP_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+            LOOKUP_REQUESTS.labels(endpoint, str(status)).inc()
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     tokens = request.app[CONFIG].tokens
-    if not tokens or request.path == "/healthz":
+    if not tokens or request.path in OPEN_PATHS:
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     offered = given.strip().encode()
@@ -296,6 +322,18 @@ async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
+async def ready(request: web.Request) -> web.Response:
+    try:
+        await request.app[READER].client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return _json({"status": "not_ready", "reason": f"redis unavailable: {type(exc).__name__}"}, 503)
+    return _json({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return metrics_response()
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     return _json(openapi(API_VERSION))
 
@@ -305,7 +343,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def create_lookup_app(config: ApiConfig) -> web.Application:
     """The API as an aiohttp application; it opens its Redis connection pool on startup."""
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[_timed, _errors, _auth], client_max_size=MAX_BODY)
     app[CONFIG] = config
 
     async def connect(app: web.Application) -> None:
@@ -335,6 +373,8 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
     app.router.add_get("/v1/reports/channels", channel_report_endpoint)
     app.router.add_get("/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

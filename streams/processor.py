@@ -22,6 +22,7 @@ from identity.card import screen_pop
 from identity.graph import APPLIED_TYPES, ChangeKind
 from identity.triggers import Candidate, TriggerRules, candidates
 from schemas import DeadLetter, IdentityChange, InvalidMessage, ProfileUpdate, Trigger, decode_touch
+from streams.observe import BatchStats
 from streams.redis_store import Snapshot
 
 __all__ = ["Inbound", "Outbound", "OutputTopics", "Processor", "ProfileSource"]
@@ -66,6 +67,10 @@ class ProfileSource(Protocol):
     def unfired(self, trigger_ids: Sequence[str]) -> set[str]: ...
 
     def mark_fired(self, trigger_ids: Sequence[str]) -> None: ...
+
+    @property
+    def largest_component(self) -> int:
+        """Identifiers in the largest component the last ``apply_batch`` wrote (the blob watch)."""
 
 
 _RULES = {
@@ -134,6 +139,28 @@ def _fold(p: _Pending, retired_id: str, into: _Pending) -> None:
     into.evidence.extend(p.evidence)
 
 
+def _count(stats: BatchStats, topic: str, touch: Touch, result: ApplyResult) -> None:
+    """Count one applied event; log what operators follow (splits, erasures, refused merges) with its id."""
+    stats.count(topic, touch.type.value, "duplicate" if result.status == "duplicate" else "applied")
+    stats.event_ids.append(touch.event_id)
+    for change in result.changes:
+        if change.kind == "merged":
+            stats.merges += len(change.merged_from)
+            log.debug("merged", extra={"event_id": touch.event_id, "profile_id": change.profile_id,
+                                       "merged_from": list(change.merged_from)})  # fmt: skip
+        elif change.kind == "split":
+            stats.splits += 1
+            log.info("split", extra={"event_id": touch.event_id, "profile_id": change.profile_id,
+                                     "split_from": list(change.split_from)})  # fmt: skip
+        elif change.kind == "erased":
+            stats.erasures += 1
+            log.info("erased", extra={"event_id": touch.event_id, "profile_id": change.profile_id})
+    for conflict in result.conflicts:
+        stats.conflicts[conflict.kind] = stats.conflicts.get(conflict.kind, 0) + 1
+        log.info("merge refused", extra={"event_id": touch.event_id, "profile_id": conflict.profile_id,
+                                         "kind": conflict.kind, "reason": conflict.reason})  # fmt: skip
+
+
 class Processor:
     """Decode, apply, and say what to produce. Triggers are recorded as fired by :meth:`confirm`, which
     the caller runs once the batch's messages are delivered: a crash in between re-fires them (same
@@ -156,7 +183,24 @@ class Processor:
         self.store.mark_fired([o.trigger_id for o in delivered if o.trigger_id is not None])
 
     def process(self, batch: Sequence[Inbound]) -> list[Outbound]:
+        return self.process_counted(batch)[0]
+
+    def process_counted(self, batch: Sequence[Inbound]) -> tuple[list[Outbound], BatchStats]:
+        """The messages to produce for a batch, and what the batch did (for metrics and logs)."""
         out: list[Outbound] = []
+        stats = BatchStats()
+        results = self._apply(self._decode(batch, out, stats), out, stats)
+        out.extend(self._outputs(results))
+        return out, stats
+
+    def apply_counted(self, batch: Sequence[Inbound]) -> BatchStats:
+        """Apply a batch and say what it did, producing nothing (``idstream rebuild``: published already)."""
+        stats = BatchStats()
+        ignored: list[Outbound] = []
+        self._apply(self._decode(batch, ignored, stats), ignored, stats)
+        return stats
+
+    def _decode(self, batch: Sequence[Inbound], out: list[Outbound], stats: BatchStats) -> list[tuple[Inbound, Touch]]:
         accepted: list[tuple[Inbound, Touch]] = []
         for msg in batch:
             try:
@@ -164,33 +208,44 @@ class Processor:
                 if touch.type not in APPLIED_TYPES:
                     raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version")
             except (InvalidMessage, UnsupportedEvent) as exc:
-                out.append(self._dead_letter(msg, exc))
+                out.append(self._dead_letter(msg, exc, stats))
                 continue
             accepted.append((msg, touch))
-        results = self._apply(accepted, out)
-        out.extend(self._outputs(results))
-        return out
+        return accepted
 
     # ------------------------------------------------------------------ applying
 
-    def _apply(self, accepted: list[tuple[Inbound, Touch]], out: list[Outbound]) -> list[tuple[Touch, ApplyResult]]:
+    def _apply(
+        self, accepted: list[tuple[Inbound, Touch]], out: list[Outbound], stats: BatchStats
+    ) -> list[tuple[Touch, ApplyResult]]:
         touches = [t for _, t in accepted]
         try:
-            return list(zip(touches, self.store.apply_batch(touches), strict=True))
+            results = self.store.apply_batch(touches)
         except TransientError:
             raise
         except Exception as exc:
             if len(accepted) == 1:
-                out.append(self._dead_letter(accepted[0][0], exc))
+                msg, touch = accepted[0]
+                out.append(self._dead_letter(msg, exc, stats, touch))
                 return []
             log.warning("batch of %d failed (%s); applying one by one", len(accepted), type(exc).__name__)
+        else:
+            stats.largest_component = max(stats.largest_component, self.store.largest_component)
+            for (msg, touch), result in zip(accepted, results, strict=True):
+                _count(stats, msg.topic, touch, result)
+            return list(zip(touches, results, strict=True))
         applied = []
         for msg, touch in accepted:  # the store wrote nothing for the failed batch, so this is safe
-            applied.extend(self._apply([(msg, touch)], out))
+            applied.extend(self._apply([(msg, touch)], out, stats))
         return applied
 
-    def _dead_letter(self, msg: Inbound, exc: Exception) -> Outbound:
+    def _dead_letter(self, msg: Inbound, exc: Exception, stats: BatchStats, touch: Touch | None = None) -> Outbound:
         error = exc.to_dict() if isinstance(exc, IdstreamError) else {"code": "store_error", "message": str(exc)[:500]}
+        code = str(error.get("code", "error"))
+        stats.count(msg.topic, touch.type.value if touch else "unknown", "dead_letter")
+        stats.dead_letters[msg.topic, code] = stats.dead_letters.get((msg.topic, code), 0) + 1
+        where = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "code": code}
+        log.warning("dead letter: %s", code, extra={"event_id": touch.event_id if touch else None, **where})
         letter = DeadLetter.of(msg.topic, msg.partition, msg.offset, error, msg.value)
         return Outbound(self.topics.dlq, None, _json(letter))
 

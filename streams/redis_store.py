@@ -78,6 +78,10 @@ _RESOLVE_LUA = _script("resolve.lua")
 READ_LUA: Final = _script("read.lua")
 READ_KEY_NAMES: Final = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "agg", "shared")
 _SNAPSHOT_LUA = _script("snapshot.lua")
+_RAISE_VERSION_LUA = """
+local now = tonumber(redis.call("HGET", KEYS[1], "version") or "0")
+if now < tonumber(ARGV[1]) then redis.call("HSET", KEYS[1], "version", ARGV[1]) end
+"""
 
 
 def _node(ident: Identifier) -> str:
@@ -200,11 +204,14 @@ class RedisIdentityStore:
         self._erasure_key = erasure_key
         self._erase_max = ""  # the last erasure's key as this process last saw it (the script has the truth)
         self._ranks: dict[str, tuple[int, str]] = {}
+        #: Identifiers in the largest component (evidence group) the last apply_batch wrote: the blob watch.
+        self.largest_component = 0
 
     # ------------------------------------------------------------------ writing
 
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         """Apply touches in order: one atomic script call, or one per stretch between erasures."""
+        self.largest_component = 0
         if not touches:
             return []
         items: list[dict[str, Any]] = []
@@ -267,8 +274,9 @@ class RedisIdentityStore:
                 if "h" not in item and self._erase_max and item["k"] <= self._erase_max:
                     item["h"] = {node: self._hash(node) for node in item["ids"]}
             out = self._call(items)
-            if isinstance(out, list):
-                return out
+            if "r" in out:
+                self.largest_component = max(self.largest_component, int(out["g"]))
+                return _list(out["r"])
             self._erase_max = out["stale"]  # another worker erased something since: hash and try again
         raise TransientError("the last erasure kept moving while a batch was applied")
 
@@ -283,9 +291,9 @@ class RedisIdentityStore:
             item["nodes"] = sorted(erased)
             item["h"] = {node: self._hash(node) for node in item["nodes"]}
             out = self._call([item])
-            if isinstance(out, list):
+            if "r" in out:
                 self._erase_max = max(self._erase_max, item["k"])
-                return out
+                return _list(out["r"])
             if "stale" in out:
                 self._erase_max = out["stale"]
         raise TransientError("the persons to erase kept changing while the erasure was prepared")
@@ -480,6 +488,38 @@ class RedisIdentityStore:
     def __len__(self) -> int:
         return int(self.client.hlen(self._key["person"]))
 
+    def is_empty(self) -> bool:
+        """No key of this graph exists (not even the set of applied event ids)."""
+        return not self.client.exists(*self.keys)
+
+    def raise_version(self, at_least: int) -> None:
+        """Make the next profile-update version exceed ``at_least`` (after a rebuild: above all published)."""
+        self.client.eval(_RAISE_VERSION_LUA, 1, self._key["meta"], at_least)
+
+    def restore_redirects(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Redirect retired profile ids to their survivors where the graph has neither the id nor a redirect.
+
+        ``pairs`` are (retired, survivor) as announced by merges; a retired id whose survivor no longer
+        resolves to a live person, or would lead back to itself, is left alone. Returns how many were added.
+        """
+        added = 0
+        while True:  # passes until nothing changes: a survivor may itself be retired, redirected a pass later
+            known = self.redirects
+            wanted: dict[str, str] = {}
+            for old, new in pairs:
+                if old in known or old in wanted or self.client.hexists(self._key["pidx"], old):
+                    continue
+                live = self.resolve(new)
+                if live is not None and live != old:
+                    wanted[old] = new
+            if not wanted:
+                return added
+            pipe = self.client.pipeline(transaction=True)
+            for old, new in wanted.items():
+                pipe.hset(self._key["redirect"], old, new)
+            pipe.execute()
+            added += len(wanted)
+
     def clear(self) -> None:
-        """Delete this graph's keys (tests, and `idstream rebuild` later)."""
+        """Delete this graph's keys (tests, and `idstream rebuild --force`)."""
         self.client.delete(*self.keys, self._key["fired"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 import redis
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -112,6 +114,16 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address the lookup API listens on.")
     api_port: int = Field(8080, ge=0, le=65535)
+    metrics_host: str = Field("127.0.0.1", description="Address of a worker's /metrics, /healthz and /readyz.")
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Port of a worker's /metrics, /healthz, /readyz.")
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line, for collectors.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    blob_component_size: int = Field(
+        200,
+        ge=0,
+        description="A worker warns (and counts idstream_blob_alerts_total) when a batch writes an identity "
+        "component with more identifiers than this: a blob forming. 0: off.",
+    )
 
     lead_points: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_LEAD_POINTS),
@@ -163,6 +175,17 @@ class Settings(BaseSettings):
             if len(token.get_secret_value()) < 16:
                 raise ValueError(f"token #{i + 1} is shorter than 16 characters")
         return tokens
+
+    def secret_values(self) -> list[str]:
+        """Every secret a log line must never show: tokens, keys, webhook secrets, server passwords."""
+        found = [t.get_secret_value() for t in self.api_tokens]
+        found.append(self.erasure_key.get_secret_value())
+        found.extend(w.secret.get_secret_value() for w in self.webhooks)
+        for url in (self.redis_url, self.warehouse_url, self.kafka_bootstrap_servers):
+            password = urlsplit(url).password if url and "://" in url else None
+            if password:
+                found.append(password)
+        return found
 
     def token_bytes(self) -> tuple[bytes, ...]:
         return tuple(t.get_secret_value().encode() for t in self.api_tokens)

@@ -16,6 +16,7 @@ from identity.touch import AttributeValue
 from streams.embedded import ChildServer, start_broker, start_redis
 from streams.redis_store import RedisIdentityStore
 from streams.settings import Settings
+from tests.e2e import Deployment
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -106,3 +107,11 @@ def make_store(request: pytest.FixtureRequest) -> StoreFactory:
         return RedisIdentityStore(client, policy, prefix=f"test-{uuid.uuid4().hex[:12]}")
 
     return make
+
+
+@pytest.fixture
+def deployment(kafka: str, redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    """An isolated deployment (group, topics, key prefix) on the session's broker and Redis."""
+    deployed = Deployment(kafka, redis_url, tmp_path)
+    yield deployed
+    deployed.stop()

@@ -17,9 +17,9 @@ from schemas import ProfileUpdate
 from streams.crm_mirror import Mirror
 from streams.processor import Inbound, Outbound, Processor
 from streams.redis_store import RedisIdentityStore, Snapshot
+from tests.e2e import unique, wire
 from tests.test_graph_properties import random_events
 from tests.test_processor import event, inbound
-from tests.test_stream_e2e import unique, wire
 
 Message = tuple[bytes | None, bytes | None]
 
@@ -101,6 +101,10 @@ class MeanwhileBeforeSnapshot:
 
     def __init__(self, store: RedisIdentityStore, meanwhile: Callable[[], None]) -> None:
         self.store, self.meanwhile = store, meanwhile
+
+    @property
+    def largest_component(self) -> int:
+        return self.store.largest_component
 
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         return self.store.apply_batch(touches)

@@ -139,6 +139,10 @@ class FailsOn:
     def __init__(self, store: RedisIdentityStore, poison: str) -> None:
         self.store, self.poison = store, poison
 
+    @property
+    def largest_component(self) -> int:
+        return self.store.largest_component
+
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         if any(t.event_id == self.poison for t in touches):
             raise redis.ResponseError("script failed")

@@ -209,4 +209,6 @@ def test_the_published_openapi_description_is_valid_openapi() -> None:
         "/v1/explain",
         "/v1/reports/channels",
         "/healthz",
+        "/readyz",
+        "/metrics",
     }

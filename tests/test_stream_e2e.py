@@ -7,144 +7,26 @@ never on fixed sleeps.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from kafka import KafkaProducer
 
-from identity import IdentityGraph, Touch
-from schemas import DeadLetter, ProfileUpdate, TouchEvent
+from schemas import DeadLetter, ProfileUpdate
 from streams.app import ensure_topics
-from streams.cli import _group_lag, read_topic
+from streams.embedded import free_port
 from streams.generate import generate
-from streams.redis_store import RedisIdentityStore
-from streams.settings import Settings
+from tests.e2e import ROOT, Deployment, reference, unique, wait_for, wire
 from tests.test_graph_properties import random_events
 from tests.test_store_contract import story
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-class Deployment:
-    """One isolated idstream deployment (group, topics, key prefix) on the shared servers."""
-
-    def __init__(self, kafka: str, redis_url: str, tmp: Path, partitions: int = 4) -> None:
-        tag = uuid.uuid4().hex[:8]
-        self.kafka, self.redis_url, self.tmp = kafka, redis_url, tmp
-        self.env = {
-            **os.environ,
-            "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka,
-            "IDSTREAM_REDIS_URL": redis_url,
-            "IDSTREAM_APP_ID": f"idstream-{tag}",
-            "IDSTREAM_TOUCH_TOPICS": json.dumps([f"touches-{tag}"]),
-            "IDSTREAM_PROFILES_TOPIC": f"profiles-{tag}",
-            "IDSTREAM_CHANGES_TOPIC": f"changes-{tag}",
-            "IDSTREAM_DLQ_TOPIC": f"dlq-{tag}",
-            "IDSTREAM_TRIGGERS_TOPIC": f"triggers-{tag}",
-            "IDSTREAM_WEBHOOK_DLQ_TOPIC": f"wdlq-{tag}",
-            "IDSTREAM_REDIS_PREFIX": f"e2e-{tag}",
-            "IDSTREAM_TOPIC_PARTITIONS": str(partitions),
-            "IDSTREAM_BATCH_WITHIN": "0.05",
-            "IDSTREAM_STATE_FILE": str(tmp / "runtime.json"),
-        }
-        self.settings = Settings(
-            kafka_bootstrap_servers=kafka,
-            redis_url=redis_url,
-            app_id=f"idstream-{tag}",
-            touch_topics=[f"touches-{tag}"],
-            profiles_topic=f"profiles-{tag}",
-            changes_topic=f"changes-{tag}",
-            dlq_topic=f"dlq-{tag}",
-            triggers_topic=f"triggers-{tag}",
-            webhook_dlq_topic=f"wdlq-{tag}",
-            redis_prefix=f"e2e-{tag}",
-            topic_partitions=partitions,
-        )
-        ensure_topics(self.settings, kafka)
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.producer = KafkaProducer(bootstrap_servers=kafka, acks=1)
-
-    @property
-    def topic(self) -> str:
-        return self.settings.touch_topics[0]
-
-    def start_worker(self, command: str = "worker") -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"{command}-{len(self.workers)}.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", command], env=self.env, cwd=ROOT, stdout=log, stderr=log
-        )
-        self.workers.append(worker)
-        return worker
-
-    def produce(self, values: list[bytes], keys: list[bytes] | None = None) -> None:
-        for i, value in enumerate(values):
-            self.producer.send(self.topic, value, key=keys[i] if keys else None)
-        self.producer.flush()
-
-    def lag(self) -> int:
-        return _group_lag(self.kafka, self.settings.app_id, self.settings.touch_topics)
-
-    def read(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-        return read_topic(self.kafka, topic)
-
-    def store(self) -> RedisIdentityStore:
-        return self.settings.redis_store(redis.Redis.from_url(self.redis_url))
-
-    def stop(self) -> None:
-        for worker in self.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        self.producer.close()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-@pytest.fixture
-def deployment(kafka: str, redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
-    deployed = Deployment(kafka, redis_url, tmp_path)
-    yield deployed
-    deployed.stop()
-
-
-def wire(touches: list[Touch]) -> list[bytes]:
-    return [TouchEvent.from_touch(t).model_dump_json().encode() for t in touches]
-
-
-def unique(touches: list[Touch]) -> list[Touch]:
-    """Random streams reuse event ids per stream; give every touch its own."""
-    return [dataclasses.replace(t, event_id=f"{i}-{t.event_id}") for i, t in enumerate(touches)]
-
-
-def reference(touches: list[Touch]) -> IdentityGraph:
-    graph = IdentityGraph()
-    graph.apply_many(touches)
-    return graph
 
 
 def test_a_produced_touch_becomes_a_profile_update_and_bad_input_a_dead_letter(deployment: Deployment) -> None:
@@ -376,7 +258,6 @@ def test_the_lookup_api_answers_from_redis_filled_by_the_worker(deployment: Depl
     import urllib.request
 
     from identity import CrmInfo
-    from streams.embedded import free_port
     from tests.conftest import touch
 
     office = ("phone", "8 (495) 123-45-67")

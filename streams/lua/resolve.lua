@@ -14,8 +14,9 @@
 --          or one erasure [{"op": "erase", "e", "k", "ids": [requested node], "nodes": [every node to erase],
 --                          "h": {node: keyed hash}}]
 -- Nodes are "kind\31value". Keys and ranks compare as bytes (see identity.touch.key_text).
--- Returns JSON [{"s": status, "p": profile id, "ch": [[kind, pid, merged_from, split_from, moved]],
---                "cf": [[kind, limit, pid, other_pid, node, reason]], "sh": [newly shared node]}]
+-- Returns JSON {"r": [{"s": status, "p": profile id, "ch": [[kind, pid, merged_from, split_from, moved]],
+--                      "cf": [[kind, limit, pid, other_pid, node, reason]], "sh": [newly shared node]}],
+--               "g": identifiers in the largest component (evidence group) the batch wrote}
 --         or {"stale": erase_max} when an event older than the last erasure came without hashes (nothing written)
 --         or {"retry": true} when the persons to erase changed since they were read (nothing written)
 
@@ -1132,8 +1133,12 @@ end
 for handle, state in pairs(Pstate) do
   if state == "live" then put(C.person, handle, encode_person(P[handle])) else del(C.person, handle) end
 end
+local largest = 0 -- identifiers in the largest component (evidence group) this batch wrote: the blob watch
 for root, g in pairs(G) do
-  if g ~= false then put(C.group, root, table.concat({ g.max, table.concat(g.nodes, GS), table.concat(g.sigs, GS) }, RS)) end
+  if g ~= false then
+    put(C.group, root, table.concat({ g.max, table.concat(g.nodes, GS), table.concat(g.sigs, GS) }, RS))
+    if #g.nodes > largest then largest = #g.nodes end
+  end
 end
 for node, a in pairs(AGG) do put(C.agg, node, cjson.encode(a)) end
 for _, c in pairs(C) do flush(c) end
@@ -1144,4 +1149,4 @@ for i = 1, #fresh_ids, 4000 do
 end
 if stats.reorders > 0 then redis.call("HINCRBY", K.meta, "reorders", stats.reorders) end
 if stats.late > 0 then redis.call("HINCRBY", K.meta, "late_without_replay", stats.late) end
-return cjson.encode(results)
+return cjson.encode({ r = results, g = largest })

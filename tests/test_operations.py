@@ -1,0 +1,322 @@
+"""Operating idstream: rebuild from Kafka, scale-out, metrics and probes, logs, and surviving faults.
+
+Real components only: the embedded broker, redis-server, worker processes. Tests wait on conditions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from kafka import KafkaProducer
+
+from identity import Identifier, IdentityGraph, Touch
+from streams.embedded import free_port, start_broker, start_redis
+from streams.generate import generate
+from streams.redis_store import RedisIdentityStore
+from tests.conftest import touch
+from tests.e2e import ROOT, Deployment, reference, unique, wait_for, wire
+
+pytestmark = pytest.mark.slow
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own loopback server
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith((name + "{", name + " ")):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def with_corrections(touches: list[Touch]) -> tuple[list[Touch], Identifier]:
+    """A realistic stream plus a manager's unlink, a link, and an erasure (the corrections a rebuild must keep)."""
+    graph = reference(touches)
+    people = sorted((sorted(ids) for ids in graph.persons().values() if len(ids) >= 3), key=lambda ids: ids[0])
+    later = max(t.occurred_at for t in touches) + timedelta(minutes=1)
+    first, second, erased = people[0], people[1], people[2]
+    extra = [
+        touch("unlink-1", 0, (first[0].kind, first[0].value), (first[1].kind, first[1].value), type="identity_unlink",
+              source="crm-manager"),
+        touch("link-1", 0, (first[0].kind, first[0].value), (second[0].kind, second[0].value), type="identity_link",
+              source="crm-manager"),
+        touch("erase-1", 0, (erased[0].kind, erased[0].value), type="erase_request", source="privacy"),
+    ]  # fmt: skip
+    extra = [dataclasses.replace(t, occurred_at=later + timedelta(minutes=i)) for i, t in enumerate(extra)]
+    return [*touches, *extra], erased[0]
+
+
+# ----------------------------------------------------------------------------- rebuild
+
+
+def test_rebuild_replays_kafka_into_an_empty_redis_with_the_same_persons_ids_and_erasures(
+    deployment: Deployment,
+) -> None:
+    touches, erased = with_corrections(unique(generate(150, seed=11).touches))
+    rng = random.Random(4)
+    deployment.start_worker()
+    deployment.produce(wire(touches), [str(rng.randrange(100)).encode() for _ in touches])
+    wait_for(lambda: deployment.lag() == 0, 180, "the worker to consume everything")
+    deployment.stop()
+    first = deployment.store()
+    assert first.persons() == reference(touches).persons()
+    assert first.is_erased(erased)
+    assert first.lookup(erased) is None
+    published = [json.loads(v) for _, v in deployment.read(deployment.settings.profiles_topic) if v]
+    assert first.redirects, "the stream should retire some profile ids by merges"
+
+    prefix = deployment.settings.redis_prefix + "-rebuilt"
+    env = {**deployment.env, "IDSTREAM_REDIS_PREFIX": prefix}
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "rebuild"], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{len(touches)}/{len(touches)}" in done.stderr  # the progress bar reached the end
+    report = json.loads(done.stdout)["rebuild"]
+    assert report["events"] == len(touches)
+    second = RedisIdentityStore(first.client, first.policy, first.normalizer, prefix)
+
+    assert second.persons() == first.persons()
+    assert list(second.profiles()) == list(first.profiles())  # same profile ids, same golden profiles
+    assert second.is_erased(erased)  # erased stays erased
+    assert second.lookup(erased) is None
+    for retired, survivor in first.redirects.items():  # ids a CRM stored before a merge still find the person
+        assert second.resolve(retired) == first.resolve(survivor), retired
+    fired = f"{{{deployment.settings.redis_prefix}}}:fired"
+    assert first.client.smembers(f"{{{prefix}}}:fired") == first.client.smembers(fired)  # no trigger fires twice
+    # the next update outranks everything published, so subscribers keeping the highest version accept it
+    next_version = second.snapshot([next(iter(second.persons()))]).last_version
+    assert next_version > max(u["version"] for u in published)
+
+    again = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "rebuild", "--quiet"], env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert again.returncode == 2
+    assert "not empty" in again.stderr
+
+
+# ----------------------------------------------------------------------------- observability
+
+
+def test_a_worker_serves_metrics_probes_and_json_logs_that_never_show_secrets(kafka: str, tmp_path: Path) -> None:
+    password = "redis-pass-4f9a1c2e7b"  # noqa: S105 - a test secret, to be looked for in the logs
+    token, erasure_key, hook_secret = "api-token-8e1d0b2c9f7a", "erasure-key-5c3b9d1e0a", "hook-secret-2a7f6e4d1c"
+    with start_redis(tmp_path / "redis", password=password) as server:
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+        deployment = Deployment(kafka, url, tmp_path, partitions=1)  # one order: merges as in the reference
+        try:
+            worker = deployment.start_worker(
+                IDSTREAM_LOG_LEVEL="DEBUG",
+                IDSTREAM_API_TOKENS=json.dumps([token]),
+                IDSTREAM_ERASURE_KEY=erasure_key,
+                IDSTREAM_WEBHOOKS=json.dumps([{"name": "crm", "url": "http://127.0.0.1:9/x", "secret": hook_secret}]),
+                IDSTREAM_BLOB_COMPONENT_SIZE="3",
+            )
+            base = f"http://127.0.0.1:{deployment.metrics_ports[0]}"
+            wait_for(lambda: get(base + "/readyz")[0] == 200, 120, "the worker to be ready")
+            assert get(base + "/healthz")[0] == 200
+            touches = unique(generate(60, seed=2).touches)
+            deployment.produce([*wire(touches), b'{"not": "a touch"}'])
+            wait_for(lambda: deployment.lag() == 0, 120, "the worker to consume everything")
+            results = IdentityGraph().apply_many(touches)
+            merges = sum(len(c.merged_from) for r in results for c in r.changes if c.kind == "merged")
+            assert merges > 0
+
+            def scraped() -> str:
+                status, text = get(base + "/metrics")
+                return text if status == 200 and metric(text, "idstream_dead_letters_total") >= 1 else ""
+
+            text = wait_for(scraped, 30, "the batch's metrics")
+            topic = deployment.topic
+            applied = metric(text, "idstream_events_total", topic=topic, outcome="applied")
+            assert applied + metric(text, "idstream_events_total", topic=topic, outcome="duplicate") == len(touches)
+            assert metric(text, "idstream_dead_letters_total", topic=topic) == 1
+            assert metric(text, "idstream_events_total", type="call") > 0  # by type
+            assert metric(text, "idstream_merges_total") == merges
+            assert metric(text, "idstream_batch_seconds_count") >= 1
+            assert metric(text, "idstream_largest_component") > 3
+            assert metric(text, "idstream_blob_alerts_total") >= 1
+
+            def lag_exported() -> bool:
+                return metric(get(base + "/metrics")[1], "idstream_consumer_lag", topic=topic, partition="0") == 0 and (
+                    f'idstream_consumer_lag{{partition="0",topic="{topic}"}}' in get(base + "/metrics")[1]
+                )
+
+            wait_for(lag_exported, 30, "the lag gauge of the partition, at 0")
+        finally:
+            deployment.stop()
+        assert worker.wait(30) == 0 or worker.returncode in (-signal.SIGTERM, 0)
+
+    lines = deployment.logs[0].read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert records
+    assert len(records) == len(lines), "every line of the worker's log is a JSON object"
+    assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+    dead = [r for r in records if r["msg"].startswith("dead letter")]
+    assert dead
+    assert dead[0]["topic"] == deployment.topic
+    assert dead[0]["offset"] == len(touches)
+    assert any(r.get("event_id") for r in records if r["logger"] == "idstream.processor")
+    assert any("component of" in r["msg"] and r.get("event_ids") for r in records)  # the blob warning
+    log_text = "\n".join(lines)
+    for secret in (password, token, erasure_key, hook_secret):
+        assert secret not in log_text
+
+
+# ----------------------------------------------------------------------------- scale-out
+
+
+def test_three_workers_on_six_partitions_give_the_same_persons_as_one(
+    kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    deployment = Deployment(kafka, redis_url, tmp_path, partitions=6)
+    try:
+        touches = unique(generate(200, seed=21).touches)  # switchboards, junk, late and repeated touches
+        rng = random.Random(6)
+        for _ in range(3):
+            deployment.start_worker()
+        deployment.produce(wire(touches), [str(rng.randrange(1000)).encode() for _ in touches])
+        wait_for(lambda: deployment.lag() == 0, 300, "three workers to consume everything")
+        store = deployment.store()
+        expected = reference(touches)  # what one worker (or the offline core) makes of the same stream
+        assert store.persons() == expected.persons()
+        assert list(store.profiles()) == list(expected.profiles())
+        shares = [
+            metric(get(f"http://127.0.0.1:{port}/metrics")[1], "idstream_events_total")
+            for port in deployment.metrics_ports
+        ]
+        assert sum(shares) >= len(touches)  # (a rebalance may redeliver a batch: applied once, counted twice)
+        assert all(share > 0 for share in shares), f"every worker should have had partitions: {shares}"
+    finally:
+        deployment.stop()
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def supervise(deployment: Deployment, until: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait for a condition like an orchestrator would: a worker that exited is started again."""
+
+    def check() -> bool:
+        for i, worker in enumerate(deployment.workers):
+            if worker.poll() is not None and not getattr(worker, "replaced", False):
+                worker.replaced = True  # type: ignore[attr-defined]
+                deployment.start_worker()
+                deployment.restarts.append(i)
+        return until()
+
+    wait_for(check, timeout, what)
+
+
+def assert_exactly_once_effect(deployment: Deployment, store: RedisIdentityStore, touches: list[Touch]) -> None:
+    """Every touch applied, none twice: the graph and every golden profile (touch counts) equal the reference."""
+    expected = reference(touches)
+    seen = store.client.scard(f"{{{store.prefix}}}:seen")
+    assert seen == len(touches)
+    assert store.persons() == expected.persons()
+    assert list(store.profiles()) == list(expected.profiles())
+
+
+def test_redis_killed_mid_ingest_and_restarted_from_its_aof_loses_and_doubles_nothing(
+    kafka: str, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "redis"
+    server = start_redis(workdir, appendonly=True, appendfsync="always")
+    deployment = Deployment(kafka, server.url, tmp_path)
+    try:
+        touches = unique(generate(250, seed=8).touches)
+        values = wire(touches)
+        deployment.start_worker(IDSTREAM_GIVE_UP_AFTER="120")
+        deployment.produce(values[: len(values) // 2])
+        client = redis.Redis.from_url(server.url)
+        seen_key = f"{{{deployment.settings.redis_prefix}}}:seen"
+        wait_for(lambda: client.scard(seen_key) > 0, 120, "the worker to start applying")
+        deployment.produce(values[len(values) // 2 :])
+        server.process.send_signal(signal.SIGKILL)  # mid-batch or between batches: no goodbye either way
+        server.process.wait(10)
+        server = start_redis(workdir, server.port, appendonly=True, appendfsync="always")
+        supervise(deployment, lambda: deployment.lag() == 0, 240, "the worker to catch up after the restart")
+        assert_exactly_once_effect(deployment, deployment.store(), touches)
+        assert deployment.workers[0].poll() is None, "a Redis restart within IDSTREAM_GIVE_UP_AFTER is retried"
+    finally:
+        deployment.stop()
+        server.stop()
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An S3 server (moto) with a bucket, for a broker whose topics survive its restart."""
+    port = free_port()
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: get(endpoint)[0] == 200, 30, "the S3 server")
+        request = urllib.request.Request(endpoint + "/tansu", method="PUT")  # noqa: S310 - create the bucket
+        urllib.request.urlopen(request, timeout=10).close()  # noqa: S310 - our own loopback server
+        yield {
+            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true",
+        }  # fmt: skip
+    finally:
+        moto.terminate()
+        moto.wait(10)
+
+
+def test_a_broker_restart_during_ingest_loses_and_doubles_nothing(
+    redis_url: str, tmp_path: Path, s3: dict[str, str]
+) -> None:
+    broker = start_broker(tmp_path / "broker", storage="s3://tansu/", env=s3)
+    deployment = Deployment(broker.url, redis_url, tmp_path)
+    try:
+        touches = unique(generate(250, seed=9).touches)
+        values = wire(touches)
+        deployment.start_worker()
+        deployment.produce(values[: len(values) // 2])
+        store = deployment.store()
+        seen_key = f"{{{store.prefix}}}:seen"
+        wait_for(lambda: store.client.scard(seen_key) > 0, 120, "the worker to start applying")
+        broker.process.send_signal(signal.SIGKILL)
+        broker.process.wait(10)
+        broker = start_broker(tmp_path / "broker", broker.port, storage="s3://tansu/", env=s3)
+        deployment.producer.close()
+        deployment.producer = KafkaProducer(bootstrap_servers=broker.url, acks=1)
+        deployment.produce(values[len(values) // 2 :])
+        supervise(
+            deployment,
+            lambda: store.client.scard(seen_key) == len(touches) and deployment.lag() == 0,
+            300,
+            "the worker to consume everything after the broker restart",
+        )
+        assert_exactly_once_effect(deployment, store, touches)
+    finally:
+        deployment.stop()
+        broker.stop()
