@@ -236,8 +236,8 @@ def openapi(version: str) -> dict[str, Any]:
             "title": "idstream lookup API",
             "version": version,
             "description": (
-                "Who is this caller? Reads the live identity graph. Every endpoint but /healthz, /readyz and /metrics needs "
-                "`Authorization: Bearer <token>` (tokens come from IDSTREAM_API_TOKENS)."
+                "Who is this caller? Reads the live identity graph. Every endpoint but /healthz, /readyz "
+                "and /metrics needs `Authorization: Bearer <token>` (tokens come from IDSTREAM_API_TOKENS)."
             ),
         },
         "components": {
