@@ -318,7 +318,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = settings.api_port if args.port is None else args.port
     tokens = settings.token_bytes()
     check_exposure(host, tokens)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _logging(settings)
+    logging.getLogger("idstream.api").info("serving the lookup API on http://%s:%d", host, port)
     if not tokens:
         logging.getLogger("idstream.api").warning("no IDSTREAM_API_TOKENS: serving open, on loopback only")
     config = ApiConfig(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import random
 import signal
 import subprocess
@@ -24,6 +26,7 @@ from kafka import KafkaProducer
 from identity import Identifier, IdentityGraph, Touch
 from streams.embedded import free_port, start_broker, start_redis
 from streams.generate import generate
+from streams.observe import JsonFormatter
 from streams.redis_store import RedisIdentityStore
 from tests.conftest import touch
 from tests.e2e import ROOT, Deployment, reference, unique, wait_for, wire
@@ -31,9 +34,11 @@ from tests.e2e import ROOT, Deployment, reference, unique, wait_for, wire
 pytestmark = pytest.mark.slow
 
 
-def get(url: str) -> tuple[int, str]:
+def get(url: str, authorization: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": authorization} if authorization else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - our own loopback servers
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own loopback server
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -320,3 +325,51 @@ def test_a_broker_restart_during_ingest_loses_and_doubles_nothing(
     finally:
         deployment.stop()
         broker.stop()
+
+
+# ----------------------------------------------------------------------------- the API's logs and secrets
+
+
+def test_the_formatter_scrubs_secrets_even_when_code_logs_them() -> None:
+    formatter = JsonFormatter(["tok-0123456789abcdef"])
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed with %s at %s", None, None)
+    record.args = ("tok-0123456789abcdef", "redis://:hunter2-pass@redis:6379/0")
+    record.event_id = "e-1"
+    line = json.loads(formatter.format(record))
+    assert line["msg"] == "failed with *** at redis://:***@redis:6379/0"
+    assert line["event_id"] == "e-1"
+    assert line["level"] == "error"
+
+
+def test_the_lookup_api_refuses_without_a_token_and_logs_json_without_secrets(tmp_path: Path) -> None:
+    password, token = "redis-pass-77c1e0a9", "api-token-3b8f1d6e2a9c"
+    with start_redis(tmp_path / "redis", password=password) as server:
+        port = free_port()
+        log_path = tmp_path / "serve.log"
+        env = {
+            **os.environ, "IDSTREAM_REDIS_URL": server.url, "IDSTREAM_API_TOKENS": json.dumps([token]),
+            "IDSTREAM_API_PORT": str(port), "IDSTREAM_LOG_LEVEL": "DEBUG", "IDSTREAM_STATE_FILE": str(tmp_path / "s"),
+        }  # fmt: skip
+        with log_path.open("wb") as out:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "serve"], env=env, cwd=ROOT, stdout=out, stderr=out
+            )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: get(base + "/readyz")[0] == 200, 60, "the API to be ready")
+            assert get(base + "/v1/lookup?kind=phone&value=89161234567")[0] == 401
+            for auth in ("Bearer wrong-token-000000000", f"Basic {token}", token, f"Bearer {token}x"):
+                assert get(base + "/v1/lookup?kind=phone&value=1", auth)[0] == 401, auth
+            # with the token: a real answer (404: nobody has this phone yet), not 401
+            assert get(base + "/v1/lookup?kind=phone&value=89161234567", f"Bearer {token}")[0] == 404
+            status, text = get(base + "/metrics")
+            assert status == 200
+            assert metric(text, "idstream_lookup_requests_total", endpoint="/v1/lookup", status="401") == 5
+            assert "89161234567" not in text  # no identifier in a label
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(30)
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    assert lines
+    assert all(json.loads(line)["level"] for line in lines)
+    assert not any(password in line or token in line for line in lines)
