@@ -515,6 +515,9 @@ def _runtime(settings: Settings) -> Iterator[tuple[Servers, subprocess.Popen[byt
         found = Servers(kafka, redis_url, os.getpid())
         remember(settings.state_file, found)
         env = {**os.environ, "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka, "IDSTREAM_REDIS_URL": redis_url}
+        # a terminal, not a log pipeline: warnings as text, unless the operator asked for more
+        env.setdefault("IDSTREAM_LOG_FORMAT", "text")
+        env.setdefault("IDSTREAM_LOG_LEVEL", "WARNING")
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
         port = free_port()
         argv = [sys.executable, "-m", "streams.cli", "serve", "--port", str(port)]  # our own module, our port
