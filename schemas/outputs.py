@@ -6,6 +6,7 @@ import base64
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 __all__ = ["DeadLetter", "IdentityChange", "ProfileUpdate", "Trigger"]
 
@@ -71,18 +72,27 @@ class DeadLetter(BaseModel):
     partition: int
     offset: int
     error: dict[str, Any]
-    value_utf8: str | None = Field(None, description="The original bytes, when they are UTF-8.")
+    value_utf8: str | None = Field(
+        None, description="The original bytes, when they are UTF-8 text that JSON escaping does not inflate."
+    )
     value_base64: str | None = Field(None, description="The original bytes otherwise.")
 
     @classmethod
     def of(cls, topic: str, partition: int, offset: int, error: dict[str, Any], value: bytes | None) -> DeadLetter:
-        """A dead letter keeping the original bytes: as text when they are UTF-8, else base64."""
+        """A dead letter keeping the original bytes: as text when they are UTF-8, else base64.
+
+        Text that JSON escaping would make larger than base64 (control characters become ``\\u0000``,
+        six bytes for one) goes as base64 too: a dead letter stays within 4/3 of its message's size.
+        """
         raw = value or b""
         try:
-            return cls(topic=topic, partition=partition, offset=offset, error=error, value_utf8=raw.decode("utf-8"))
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            b64 = base64.b64encode(raw).decode()
-            return cls(topic=topic, partition=partition, offset=offset, error=error, value_base64=b64)
+            text = None
+        if text is not None and len(to_json(text)) - 2 <= (len(raw) + 2) // 3 * 4:
+            return cls(topic=topic, partition=partition, offset=offset, error=error, value_utf8=text)
+        b64 = base64.b64encode(raw).decode()
+        return cls(topic=topic, partition=partition, offset=offset, error=error, value_base64=b64)
 
 
 class Trigger(BaseModel):

@@ -9,16 +9,19 @@ nothing on the way through.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     FiniteFloat,
     PlainValidator,
+    Strict,
     StrictStr,
     StringConstraints,
     ValidationInfo,
@@ -76,6 +79,29 @@ def _flat_attribute(value: Any) -> AttributeValue:
     raise PydanticCustomError("attribute_type", "attributes are flat: a string, number, boolean or null")
 
 
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _written_time(value: Any) -> Any:
+    """A time is text: pydantic alone would read 1700000000 (or "1700000000") as Unix seconds, or ms by size."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise PydanticCustomError(
+            "datetime_type", "occurred_at must be an ISO-8601 string with a UTC offset, not a number"
+        )
+    return value
+
+
+#: An aware date-time written as text; what the JSON Schema says (``type: string``), the decoder accepts.
+WrittenTime = Annotated[AwareDatetime, BeforeValidator(_written_time)]
+
+
+def _exactly_one(value: Any) -> Any:
+    """``schema_version`` is the number 1: ``true`` equals 1 in Python, not in JSON."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("literal_error", "Input should be 1")
+    return value
+
+
 Attribute = Annotated[
     AttributeValue,
     PlainValidator(_flat_attribute),
@@ -119,7 +145,7 @@ class CrmIn(_Open):
     stage: ShortText
     previous_stage: ShortText | None = None
     pipeline: ShortText | None = None
-    amount: FiniteFloat | None = None
+    amount: Annotated[FiniteFloat, Strict()] | None = None  # a number, not "5"
 
 
 class TouchEvent(_Open):
@@ -145,12 +171,12 @@ class TouchEvent(_Open):
         },
     )
 
-    schema_version: Literal[1] = 1
+    schema_version: Annotated[Literal[1], BeforeValidator(_exactly_one)] = 1
     event_id: EventId = Field(
         description="Unique per touch, no control characters; a repeated event_id is a redelivery."
     )
     type: TouchType
-    occurred_at: AwareDatetime = Field(description="ISO-8601 with a UTC offset, from 2000 to 2199.")
+    occurred_at: WrittenTime = Field(description="ISO-8601 with a UTC offset, from 2000 to 2199.")
     source: Annotated[StrictStr, StringConstraints(min_length=1, max_length=64)] = Field(
         description="The producing system: site, calltouch, amocrm, ..."
     )

@@ -49,6 +49,7 @@ from identity import (
 from identity.card import screen_pop, summary
 from identity.explain import explain
 from schemas.api import MAX_VALUE, BatchLookupRequest, openapi
+from schemas.errors import field_path
 from schemas.export import API_VERSION
 from sinks.warehouse import connect as connect_warehouse
 from sinks.warehouse.report import ReportSettings, parse_day, render
@@ -143,7 +144,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not tokens or request.path in OPEN_PATHS:
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    offered = given.strip().encode()
+    offered = given.strip().encode("utf-8", "surrogateescape")  # header bytes that are not UTF-8, as sent
     # compare with every token, always: the time taken says nothing about which one nearly matched
     matched = [hmac.compare_digest(offered, token) for token in tokens]
     if scheme.lower() != "bearer" or not any(matched):
@@ -241,11 +242,16 @@ async def lookup_batch(request: web.Request) -> web.Response:
         view = _view(request, "card")
     except _BadRequest as exc:
         return _error(400, exc.code, exc.message)
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.RequestPayloadError:  # e.g. a body that is not the gzip its Content-Encoding says
+        response = _error(400, "invalid_body", "the request body could not be read as its headers describe it")
+        response.force_close()  # the rest of the body cannot be read either: this connection is done
+        return response
     try:
         parsed = BatchLookupRequest.model_validate_json(body)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        problems = "; ".join(f"{field_path(e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
         return _error(400, "invalid_request", f'expected {{"identifiers": [{{"kind", "value"}}, ...]}}: {problems}')
     results = await _resolve(request, [(q.kind, q.value) for q in parsed.identifiers], view)
     return _json({"results": results})
