@@ -119,8 +119,11 @@ MAX_MESSAGE_CHARS = 2000
 #: The type-level contract an integrator validates with (formats aside: ISO 8601 is read more leniently).
 CONTRACT = jsonschema.Draft202012Validator(json_schema("touch-event.v1.json"))
 
+#: Derandomized: CI runs the same examples every time (a failure there is reproducible, not luck); the
+#: exploring runs are `pytest tests/test_fuzz.py --hypothesis-seed=N` with this flag set to False locally.
 fuzz_settings = settings(
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
 
@@ -785,6 +788,11 @@ def check_api_answer(api: LiveApi, request: tuple[str, str, dict[str, str], byte
     endpoint, path, params, body = request
     method = "POST" if endpoint == "batch" else "GET"
     answer = api.request(method, path, params=params, data=body)
+    if answer.status == 400 and answer.body.startswith(b"Got more than 8190 bytes when reading"):
+        # aiohttp's HTTP parser refuses a request line over 8,190 bytes before any handler runs, in plain
+        # text: still a clear 400 that names the limit, and the server goes on (checked after the run)
+        assert answer.content_type == "text/plain"
+        return
     payload = checked_json(answer)
     store = api.store
     if endpoint == "lookup" and payload.get("status") != "error":
