@@ -114,6 +114,16 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "internal_error", "the server failed to answer; it is logged")
 
 
+@web.middleware
+async def _unread_body_closes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Close after answering when a body is left unread (a GET's, a refused one): aiohttp would read it to keep
+    the connection alive, and one that does not decode (a broken gzip) dropped the connection unannounced."""
+    response = await handler(request)
+    if request.body_exists and not request.content.is_eof():
+        response.force_close()
+    return response
+
+
 #: Answered without a token: the probes, and Prometheus counts and timings (no identifier ever is a label).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -349,7 +359,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def create_lookup_app(config: ApiConfig) -> web.Application:
     """The API as an aiohttp application; it opens its Redis connection pool on startup."""
-    app = web.Application(middlewares=[_timed, _errors, _auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[_unread_body_closes, _timed, _errors, _auth], client_max_size=MAX_BODY)
     app[CONFIG] = config
 
     async def connect(app: web.Application) -> None:
