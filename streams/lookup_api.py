@@ -255,9 +255,8 @@ async def lookup_batch(request: web.Request) -> web.Response:
     try:
         body = await request.read()
     except web.RequestPayloadError:  # e.g. a body that is not the gzip its Content-Encoding says
-        response = _error(400, "invalid_body", "the request body could not be read as its headers describe it")
-        response.force_close()  # the rest of the body cannot be read either: this connection is done
-        return response
+        # the rest cannot be read either: _unread_body_closes ends the connection after this answer
+        return _error(400, "invalid_body", "the request body could not be read as its headers describe it")
     try:
         parsed = BatchLookupRequest.model_validate_json(body)
     except ValidationError as exc:

@@ -146,8 +146,9 @@ def _count(stats: BatchStats, topic: str, touch: Touch, result: ApplyResult) -> 
     for change in result.changes:
         if change.kind == "merged":
             stats.merges += len(change.merged_from)
-            log.debug("merged", extra={"event_id": touch.event_id, "profile_id": change.profile_id,
-                                       "merged_from": list(change.merged_from)})  # fmt: skip
+            if log.isEnabledFor(logging.DEBUG):  # merges are frequent: build the context only when it is logged
+                log.debug("merged", extra={"event_id": touch.event_id, "profile_id": change.profile_id,
+                                           "merged_from": list(change.merged_from)})  # fmt: skip
         elif change.kind == "split":
             stats.splits += 1
             log.info("split", extra={"event_id": touch.event_id, "profile_id": change.profile_id,
