@@ -12,20 +12,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
 from pydantic import BaseModel
 
-from identity import ApplyResult, IdstreamError, Touch, TouchType, TransientError, UnsupportedEvent
+from identity import ApplyResult, ConfigurationError, IdstreamError, Touch, TouchType, TransientError, UnsupportedEvent
 from identity.card import screen_pop
+from identity.golden import fit
 from identity.graph import APPLIED_TYPES, ChangeKind
 from identity.triggers import Candidate, TriggerRules, candidates
 from schemas import DeadLetter, IdentityChange, InvalidMessage, ProfileUpdate, Trigger, decode_touch
-from streams.observe import BatchStats
+from streams.observe import DEAD_LETTERS, BatchStats
 from streams.redis_store import Snapshot
 
-__all__ = ["Inbound", "Outbound", "OutputTopics", "Processor", "ProfileSource"]
+__all__ = ["Inbound", "Outbound", "OutputTopics", "Processor", "ProfileSource", "output_dead_letter"]
 
 log = logging.getLogger("idstream.processor")
 
@@ -109,6 +111,21 @@ def _json(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
 
+def output_dead_letter(topics: OutputTopics, topic: str, key: str, size: int, limit: int) -> Outbound:
+    """A dead letter for an output message that cannot be produced (too large), naming its key (a profile id)."""
+    error = {
+        "code": "output_too_large",
+        "message": f"a message for {topic} keyed {key[:80]!r} is {size} bytes; the limit is {limit}",
+        "retriable": False,
+        "key": key[:200],
+        "bytes": size,
+        "limit": limit,
+    }
+    log.error("output too large for the broker: dead-lettered", extra={"topic": topic, "key": key[:200], "bytes": size})
+    DEAD_LETTERS.labels(topic, "output_too_large").inc()
+    return Outbound(topics.dlq, key.encode()[:200], _json(DeadLetter.of(topic, -1, -1, error, None)))
+
+
 @dataclass
 class _Pending:
     kind: ChangeKind = "updated"
@@ -141,7 +158,12 @@ def _fold(p: _Pending, retired_id: str, into: _Pending) -> None:
 
 def _count(stats: BatchStats, topic: str, touch: Touch, result: ApplyResult) -> None:
     """Count one applied event; log what operators follow (splits, erasures, refused merges) with its id."""
-    stats.count(topic, touch.type.value, "duplicate" if result.status == "duplicate" else "applied")
+    outcome = "duplicate" if result.status == "duplicate" else "applied"
+    if result.reused_by is not None:
+        outcome = "duplicate_conflict"  # idstream_events{outcome="duplicate_conflict"}: ids reused by producers
+        log.warning("an event id came again with other content; the second event was not applied",
+                    extra={"event_id": touch.event_id, "topic": topic})  # fmt: skip
+    stats.count(topic, touch.type.value, outcome)
     stats.event_ids.append(touch.event_id)
     for change in result.changes:
         if change.kind == "merged":
@@ -173,11 +195,19 @@ class Processor:
         topics: OutputTopics | None = None,
         rules: TriggerRules | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        max_message_bytes: int = 1_000_000,
+        max_future_skew: float | None = 86_400.0,
     ) -> None:
         self.store = store
+        self.max_message_bytes = max_message_bytes
+        self.max_future_skew = None if max_future_skew is None else timedelta(seconds=max_future_skew)
         self.topics = topics or OutputTopics()
         self.rules = rules or TriggerRules()
         self.clock = clock
+        #: a batch applied whose outputs failed transiently: its retry resumes at the outputs (the store
+        #: would answer "duplicate" for every event, and the merges and splits it made would go unannounced)
+        self._half: tuple[tuple[tuple[str, int, int], ...], list[Outbound], BatchStats, list[Any]] | None = None
 
     def confirm(self, delivered: Sequence[Outbound]) -> None:
         """Record the triggers among delivered messages as fired."""
@@ -188,10 +218,16 @@ class Processor:
 
     def process_counted(self, batch: Sequence[Inbound]) -> tuple[list[Outbound], BatchStats]:
         """The messages to produce for a batch, and what the batch did (for metrics and logs)."""
-        out: list[Outbound] = []
-        stats = BatchStats()
-        results = self._apply(self._decode(batch, out, stats), out, stats)
-        out.extend(self._outputs(results))
+        where = tuple((m.topic, m.partition, m.offset) for m in batch)
+        if self._half is not None and self._half[0] == where:
+            _, early, stats, results = self._half
+            out = list(early)
+        else:
+            out, stats = [], BatchStats()
+            results = self._apply(self._decode(batch, out, stats), out, stats)
+            self._half = (where, list(out), stats, results)
+        out.extend(self._outputs(results))  # may raise TransientError: the retry of this batch resumes here
+        self._half = None
         return out, stats
 
     def apply_counted(self, batch: Sequence[Inbound]) -> BatchStats:
@@ -203,11 +239,19 @@ class Processor:
 
     def _decode(self, batch: Sequence[Inbound], out: list[Outbound], stats: BatchStats) -> list[tuple[Inbound, Touch]]:
         accepted: list[tuple[Inbound, Touch]] = []
+        horizon = self.clock() + self.max_future_skew if self.max_future_skew is not None else None
         for msg in batch:
             try:
                 touch = decode_touch(msg.value or b"").to_touch()
                 if touch.type not in APPLIED_TYPES:
                     raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version")
+                if horizon is not None and touch.occurred_at > horizon:
+                    raise InvalidMessage.single(
+                        "occurred_at",
+                        "in_future",
+                        f"occurred_at {touch.occurred_at.isoformat()} is more than "
+                        f"{self.max_future_skew} ahead of the worker's clock (IDSTREAM_MAX_FUTURE_SKEW)",
+                    )
             except (InvalidMessage, UnsupportedEvent) as exc:
                 out.append(self._dead_letter(msg, exc, stats))
                 continue
@@ -222,7 +266,7 @@ class Processor:
         touches = [t for _, t in accepted]
         try:
             results = self.store.apply_batch(touches)
-        except TransientError:
+        except (TransientError, ConfigurationError):  # the store or its settings, never this input: no dead letter
             raise
         except Exception as exc:
             if len(accepted) == 1:
@@ -292,10 +336,29 @@ class Processor:
                 evidence=p.evidence,
                 profile=profiles.get(pid),
             )
-            out.append(Outbound(self.topics.profiles, pid.encode(), _json(update)))
+            out.append(self._sized(update))
         out.extend(Outbound(self.topics.profiles, old.encode(), None) for old in sorted({*retired, *erased}))
         out.extend(self._triggers(results, snap))
         return out
+
+    def _sized(self, update: ProfileUpdate) -> Outbound:
+        """The update as a message within the broker's limit: the profile cut by :func:`identity.golden.fit`,
+        or, when even its core does not fit, a dead letter naming the profile (lookups still serve it)."""
+        body = _json(update)
+        if len(body) <= self.max_message_bytes or update.profile is None:
+            return Outbound(self.topics.profiles, update.profile_id.encode(), body)
+        overhead = len(body) - len(orjson.dumps(update.profile))
+        profile = fit(update.profile, self.max_message_bytes, overhead)
+        if profile is not None:
+            log.warning(
+                "a profile update was cut to fit the message limit",
+                extra={"profile_id": update.profile_id, "bytes": len(body), "limit": self.max_message_bytes},
+            )
+            update = update.model_copy(update={"profile": profile})
+            return Outbound(self.topics.profiles, update.profile_id.encode(), _json(update))
+        return output_dead_letter(
+            self.topics, self.topics.profiles, update.profile_id, len(body), self.max_message_bytes
+        )
 
     def _triggers(self, results: list[tuple[Touch, ApplyResult]], snap: Snapshot) -> list[Outbound]:
         if not self.rules.enabled:
@@ -363,6 +426,9 @@ class Processor:
             IdentityChange(type="conflict", profile_id=c.profile_id, conflict=c.to_dict(), **common)
             for c in result.conflicts
         )
+        if result.reused_by is not None:
+            changes.append(IdentityChange(type="duplicate_conflict", profile_id=result.profile_id,
+                                          first_source=result.reused_by, **common))  # fmt: skip
         if result.rejected:
             changes.append(
                 IdentityChange(

@@ -39,6 +39,7 @@ from identity.explain import EvidenceRecord, GroupView
 from identity.golden import contribution, render
 from identity.graph import APPLIED_TYPES, DEFAULT_ERASURE_KEY, erasure_hash
 from identity.touch import TouchType, key_text
+from streams.redis_errors import mapped
 
 __all__ = [
     "KEY_NAMES",
@@ -53,7 +54,7 @@ __all__ = [
 #: The hashes (and one set) that hold a graph, in the order the script takes them.
 KEY_NAMES: Final = (
     "seen", "owner", "person", "pidx", "redirect", "gparent", "group", "ev",
-    "born", "hparent", "hkey", "hsize", "agg", "meta", "shared", "apart", "erased",
+    "born", "hparent", "hkey", "hsize", "agg", "meta", "shared", "apart", "erased", "efp",
 )  # fmt: skip
 
 # Separators of the stored records (identifier values and event ids never contain control characters):
@@ -228,8 +229,9 @@ class RedisIdentityStore:
             rejected.append(tuple(bad))
             ids = sorted(accepted, key=self._order)
             nodes = [_node(i) for i in ids]
+            printed = touch.fingerprint + touch.source[:200]  # tells a redelivery from a reused event id
             if touch.type is TouchType.ERASE_REQUEST and nodes:
-                items.append({"op": "erase", "e": touch.event_id, "k": key_text(key), "ids": nodes})
+                items.append({"op": "erase", "e": touch.event_id, "k": key_text(key), "ids": nodes, "f": printed})
                 continue
             mode = _MODES.get(touch.type, 0)
             items.append(
@@ -243,6 +245,7 @@ class RedisIdentityStore:
                         touch, key, self.policy.trust(touch.type, touch.source), self.policy.points(touch)
                     ),
                     "x": orjson.dumps({"source": touch.source, "occurred_at": touch.occurred_at.isoformat()}).decode(),
+                    "f": printed,
                 }
             )
         outs: list[dict[str, Any]] = []
@@ -261,10 +264,8 @@ class RedisIdentityStore:
         return erasure_hash(self._erasure_key, _ident(node))
 
     def _call(self, items: list[dict[str, Any]]) -> Any:
-        try:
+        with mapped("resolve"):
             raw = self._resolve(keys=self.keys, args=[self._policy_json, orjson.dumps(items)])
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise TransientError(f"redis unavailable: {exc}") from exc
         return orjson.loads(raw)
 
     def _run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -284,8 +285,10 @@ class RedisIdentityStore:
         """Read who holds the requested identifiers, hash everything of theirs, erase it if nothing changed."""
         for _ in range(5):
             erased = set(item["ids"])
-            handles = [h for h in self.client.hmget(self._key["owner"], item["ids"]) if h is not None]
-            for raw in self.client.hmget(self._key["person"], handles) if handles else []:
+            with mapped("erasure"):  # the same rule as every other path: a stall is retried, never a dead letter
+                handles = [h for h in self.client.hmget(self._key["owner"], item["ids"]) if h is not None]
+                records = self.client.hmget(self._key["person"], handles) if handles else []
+            for raw in records:
                 if raw is not None:
                     erased.update(_person(raw)[2])
             item["nodes"] = sorted(erased)
@@ -327,7 +330,7 @@ class RedisIdentityStore:
             for kind, limit, pid, other, node, reason in _list(out.get("cf"))
         )
         shared = tuple(_ident(n) for n in _list(out.get("sh")))
-        return ApplyResult(eid, out["s"], out.get("p"), tuple(changes), conflicts, rejected, shared)
+        return ApplyResult(eid, out["s"], out.get("p"), tuple(changes), conflicts, rejected, shared, out.get("dc"))
 
     # ------------------------------------------------------------------ reading
 
@@ -405,7 +408,9 @@ class RedisIdentityStore:
 
     def read_identifier(self, ident: Identifier) -> Found | None:
         """The person holding an identifier, its profile and the persons contesting it: one round trip."""
-        return parse_read(self._read(keys=self.read_keys, args=["node", _node(ident)]), self.policy)
+        with mapped("lookup"):
+            raw = self._read(keys=self.read_keys, args=["node", _node(ident)])
+        return parse_read(raw, self.policy)
 
     def lookup_raw(self, kind: str, raw: str) -> str | None:
         ident = self.normalizer.normalize(kind, raw)
@@ -422,7 +427,9 @@ class RedisIdentityStore:
         return None
 
     def profile(self, profile_id: str) -> dict[str, Any] | None:
-        found = parse_read(self._read(keys=self.read_keys, args=["pid", profile_id]), self.policy)
+        with mapped("lookup"):
+            raw = self._read(keys=self.read_keys, args=["pid", profile_id])
+        found = parse_read(raw, self.policy)
         return found.profile if found else None
 
     def _render(self, pid: str, created: str, nodes: list[str]) -> dict[str, Any]:
@@ -437,10 +444,8 @@ class RedisIdentityStore:
         if not profile_ids and not extra_versions:
             return Snapshot({}, {}, 0)
         keys = [self._key[name] for name in ("pidx", "person", "redirect", "agg", "meta")]
-        try:
+        with mapped("snapshot"):
             last, pairs, records = self._snapshot(keys=keys, args=[extra_versions, *profile_ids])
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise TransientError(f"redis unavailable: {exc}") from exc
         live = {_text(requested): _text(pid) for requested, pid in _list(pairs)}
         profiles = {}
         for record, aggs in _list(records):
@@ -452,19 +457,15 @@ class RedisIdentityStore:
         """The trigger ids not marked as fired yet."""
         if not trigger_ids:
             return set()
-        try:
+        with mapped("triggers"):
             flags = self.client.smismember(self._key["fired"], list(trigger_ids))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise TransientError(f"redis unavailable: {exc}") from exc
         return {tid for tid, flag in zip(trigger_ids, flags, strict=True) if not flag}
 
     def mark_fired(self, trigger_ids: Sequence[str]) -> None:
         """Remember triggers as fired (after they were produced), so no cause fires twice."""
         if trigger_ids:
-            try:
+            with mapped("triggers"):
                 self.client.sadd(self._key["fired"], *trigger_ids)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise TransientError(f"redis unavailable: {exc}") from exc
 
     def _records(self) -> Iterator[tuple[str, str, list[str]]]:
         for _handle, raw in self.client.hscan_iter(self._key["person"], count=1000):

@@ -26,6 +26,7 @@ from sinks.warehouse import WarehouseTopics, WarehouseWriter, connect
 from sinks.warehouse.report import ReportSettings
 from sinks.webhook import WebhookEndpoint
 from streams.processor import OutputTopics
+from streams.redis_errors import sync_client
 from streams.redis_store import RedisIdentityStore
 
 __all__ = ["Settings"]
@@ -87,6 +88,35 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds; group joins wait on it (Faust's 60 s default makes startup slow)."
     )
     give_up_after: float = Field(60.0, ge=0, description="Seconds of store outage before the worker exits.")
+    redis_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a worker waits for one Redis call. Longer than the longest script a batch runs: a "
+        "call that times out is retried (the script meets BUSY until the first one ends, then finds it applied).",
+    )
+    api_redis_timeout: float = Field(
+        3.0, gt=0, description="Seconds the lookup API waits for Redis (or for a free connection) before a 503."
+    )
+    api_redis_connections: int = Field(
+        64, ge=1, description="Redis connections of one lookup API process; more concurrent lookups queue for one."
+    )
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=65_536,
+        description="The largest message the broker takes (Apache Kafka's message.max.bytes default: 1,000,012). "
+        "A profile update is cut to fit below it; an output that still does not fit becomes a dead letter.",
+    )
+    max_future_skew: float = Field(
+        86_400.0,
+        ge=0,
+        description="Seconds an event's occurred_at may lie ahead of the worker's clock; later ones are dead "
+        "letters (a touch dated 2199 would pin a person's last touch and name forever).",
+    )
+    stall_after: float = Field(
+        180.0,
+        gt=0,
+        description="/healthz fails when a batch has run this long, or work waits and no batch ended for this long.",
+    )
 
     webhooks: list[WebhookEndpoint] = Field(
         default_factory=list,
@@ -229,6 +259,10 @@ class Settings(BaseSettings):
             returning_window_s=max(1, round(self.returning_window_hours * 3600)),
             max_age_s=self.trigger_max_age_hours * 3600 or None,
         )
+
+    def redis_client(self, url: str) -> redis.Redis:
+        """A worker's Redis client: explicit timeouts (``IDSTREAM_REDIS_TIMEOUT``), a pool that waits."""
+        return sync_client(url, timeout=self.redis_timeout)
 
     def output_topics(self) -> OutputTopics:
         return OutputTopics(self.profiles_topic, self.changes_topic, self.dlq_topic, self.triggers_topic)
