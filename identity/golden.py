@@ -29,7 +29,16 @@ from identity.attribution import LEAD_TYPES, Channel, ChannelRanks, PathStep, at
 from identity.policy import ResolutionPolicy
 from identity.touch import KEY_TIME_DIGITS, AttributeValue, Touch, TouchType, key_text
 
-__all__ = ["Golden", "contribution", "render"]
+__all__ = ["MAX_ATTRIBUTES", "MAX_DEALS", "MAX_INTERESTS", "MAX_VALUE_CHARS", "Golden", "contribution", "fit", "render"]
+
+#: Caps of the golden profile as served (profiles.updates and the lookup API): one person's profile stays a
+#: bounded message however many distinct pages, attributes or deals its touches carry. What a cap leaves out
+#: is counted under ``omitted``; touches themselves are never lost (the warehouse and the topics keep them).
+MAX_ATTRIBUTES = 100  # attribute names: the most trusted, newest claims (``name`` always)
+MAX_INTERESTS = 50  # entries of interests.projects and of interests.pages: the most visited
+MAX_DEALS = 50  # deals: the most recently updated
+MAX_VALUE_CHARS = 2_000  # characters of one attribute's text value (the full value stays on its touch)
+_ALWAYS_SHOWN = ("name",)
 
 #: Touch types that are contacts with the person (manual links are not).
 _CONTACT_TYPES = frozenset({TouchType.SITE_VISIT, TouchType.CALL, TouchType.FORM_SUBMIT, TouchType.CRM_STAGE})
@@ -245,8 +254,13 @@ def contribution(touch: Touch, key: EventKey, trust: int, points: int = 0) -> di
     return out
 
 
-def _counted(items: dict[str, int]) -> dict[str, int]:
-    return dict(sorted(items.items(), key=lambda kv: (-kv[1], kv[0])))
+def _counted(items: dict[str, int], name: str, omitted: dict[str, int]) -> dict[str, int]:
+    """The most counted entries first, at most :data:`MAX_INTERESTS` (the rest counted in ``omitted``)."""
+    ranked = sorted(items.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(ranked) > MAX_INTERESTS:
+        omitted[name] = len(ranked) - MAX_INTERESTS
+        del ranked[MAX_INTERESTS:]
+    return dict(ranked)
 
 
 def render(aggregates: Iterable[dict[str, Any]], policy: ResolutionPolicy) -> dict[str, Any]:
@@ -296,22 +310,99 @@ def render(aggregates: Iterable[dict[str, Any]], policy: ResolutionPolicy) -> di
             if deal_id not in created or key < created[deal_id]:
                 created[deal_id] = key
     recent.sort(key=lambda kv: kv[0])
-    views = {name: orjson.loads(claim[1]) for name, claim in attributes.items()}
+    omitted: dict[str, int] = {}
+    if len(attributes) > MAX_ATTRIBUTES:
+        ranked = sorted(attributes, key=lambda n: (n in _ALWAYS_SHOWN, attributes[n][0]), reverse=True)
+        omitted["attributes"] = len(ranked) - MAX_ATTRIBUTES
+        attributes = {n: attributes[n] for n in ranked[:MAX_ATTRIBUTES]}
+    views = {name: _capped_value(orjson.loads(claim[1])) for name, claim in attributes.items()}
     name = views.get("name")
+    shown_deals = sorted(deals)
+    if len(deals) > MAX_DEALS:
+        omitted["deals"] = len(deals) - MAX_DEALS
+        shown_deals = sorted(sorted(deals, key=lambda d: deals[d][0], reverse=True)[:MAX_DEALS])
+    interests = {"projects": _counted(projects, "projects", omitted), "pages": _counted(pages, "pages", omitted)}
     paths = _Path(steps, marketing, policy)
     converted = min((k for k in (lead, *created.values()) if k), default=None)
-    return {
+    out = {
         "display_name": name["value"] if name is not None and isinstance(name["value"], str) else None,
         "attributes": {k: views[k] for k in sorted(views)},
-        "interests": {"projects": _counted(projects), "pages": _counted(pages)},
+        "interests": interests,
         "first_touch": orjson.loads(first[1]) if first else None,
         "last_touch": orjson.loads(last[1]) if last else None,
         "recent_touches": [orjson.loads(v) for _, v in reversed(recent[-keep:] if keep else [])],
         "touch_counts": dict(sorted(counts.items())),
-        "deals": {d: _deal(orjson.loads(deals[d][1]), created.get(d), paths, policy) for d in sorted(deals)},
+        "deals": {d: _deal(orjson.loads(deals[d][1]), created.get(d), paths, policy) for d in shown_deals},
         "lead_score": score,
         "attribution": {"lead_at": _key_time(converted), **paths.credits(converted)},
     }
+    if omitted:
+        out["omitted"] = omitted
+    return out
+
+
+def _capped_value(view: dict[str, Any]) -> dict[str, Any]:
+    value = view.get("value")
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        view["value"] = value[:MAX_VALUE_CHARS]
+        view["truncated"] = True
+    return view
+
+
+#: What :func:`fit` gives up, in order, to bring a profile under a byte budget: detail first, identity never.
+_SHEDDING = (
+    ("recent_touches", 5),
+    ("pages", 10),
+    ("projects", 10),
+    ("deal_attribution", 0),
+    ("recent_touches", 0),
+    ("attributes", 0),
+)
+
+
+def fit(profile: dict[str, Any], budget: int, overhead: int = 0) -> dict[str, Any] | None:
+    """The profile cut to serialize within ``budget - overhead`` bytes, or None when even its core does not fit.
+
+    Each step drops detail a subscriber can recover from the touches (recent touches, interests, the
+    attribution tables of deals, then the largest attribute values, keeping ``name``), and records what it
+    dropped under ``omitted``. Identifiers, counts, deals and the person's own attribution always stay.
+    """
+    limit = budget - overhead
+    if len(orjson.dumps(profile)) <= limit:
+        return profile
+    out = dict(profile)
+    omitted = dict(out.get("omitted") or {})
+    for step, keep in _SHEDDING:
+        if step == "recent_touches":
+            dropped = len(out["recent_touches"]) - keep
+            if dropped > 0:
+                out["recent_touches"] = out["recent_touches"][:keep]
+                omitted["recent_touches"] = omitted.get("recent_touches", 0) + dropped
+        elif step in ("pages", "projects"):
+            entries = out["interests"][step]
+            if len(entries) > keep:
+                out["interests"] = {**out["interests"], step: dict(list(entries.items())[:keep])}
+                omitted[step] = omitted.get(step, 0) + len(entries) - keep
+        elif step == "deal_attribution":
+            out["deals"] = {d: {**deal, "attribution": None} for d, deal in out["deals"].items()}
+            omitted["deal_attribution"] = len(out["deals"])
+        else:
+            attributes = dict(out["attributes"])
+            by_size = sorted(attributes, key=lambda n: len(orjson.dumps(attributes[n])), reverse=True)
+            out["omitted"] = omitted
+            size = len(orjson.dumps(out))
+            for name in by_size:
+                if size <= limit - 64:  # the estimate is within a few bytes per attribute
+                    break
+                if name in _ALWAYS_SHOWN:
+                    continue
+                size -= len(orjson.dumps(attributes.pop(name))) + len(name) + 4
+                omitted["attributes"] = omitted.get("attributes", 0) + 1
+            out["attributes"] = attributes
+        out["omitted"] = omitted
+        if len(orjson.dumps(out)) <= limit:
+            return out
+    return None
 
 
 def _key_time(key: str | None) -> str | None:

@@ -14,11 +14,12 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import faust
 import redis
+from aiokafka import errors as kafka_errors
 from faust.streams import Stream
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
@@ -27,10 +28,10 @@ from kafka.errors import TopicAlreadyExistsError
 
 from identity import TransientError
 from streams.observe import LAG, STORE_RETRIES, record_batch, start_health_server
-from streams.processor import Inbound, Processor
+from streams.processor import Inbound, Outbound, OutputTopics, Processor, output_dead_letter
 from streams.settings import Settings
 
-__all__ = ["create_app", "ensure_topics", "faust_app", "run_batch", "stop_before_ack"]
+__all__ = ["Progress", "create_app", "deliver", "ensure_topics", "faust_app", "run_batch", "stop_before_ack"]
 
 log = logging.getLogger("idstream.worker")
 
@@ -145,42 +146,147 @@ def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
     return app
 
 
+def _too_large(exc: BaseException) -> bool:
+    """Did the producer or the broker refuse a message for its size (it will never fit)?"""
+    while exc is not None:
+        if isinstance(exc, (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordTooLargeError)):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]  # Faust wraps it in ProducerSendError
+    return False
+
+
+async def deliver(
+    send: Callable[[Outbound], Awaitable[Awaitable[Any]]],
+    out: Sequence[Outbound],
+    *,
+    topics: OutputTopics,
+    limit: int,
+    give_up_after: float,
+    on_fatal: Callable[[str], None] = stop_before_ack,
+) -> bool:
+    """Produce every message and wait until the broker has each, before the batch is acknowledged.
+
+    A message the broker can never take (too large) is replaced by a dead letter naming its key; any other
+    failure is retried with backoff, and a broker that stays away past ``give_up_after`` stops the worker
+    before the ack (the batch is redelivered: nothing is lost). Returns False when it stopped.
+    """
+    pending = list(out)
+    delay, waited = 0.1, 0.0
+    while pending:
+        sent: list[tuple[Outbound, Awaitable[Any] | BaseException]] = []
+        for message in pending:
+            try:
+                sent.append((message, await send(message)))
+            except Exception as exc:
+                sent.append((message, exc))
+        retry: list[Outbound] = []
+        letters: list[Outbound] = []
+        for message, outcome in sent:
+            failure = outcome if isinstance(outcome, BaseException) else await _failure(outcome)
+            if failure is None:
+                continue
+            if _too_large(failure) and message.topic != topics.dlq:
+                size = len(message.value or b"") + len(message.key or b"")
+                key = (message.key or b"").decode("utf-8", "replace")
+                letters.append(output_dead_letter(topics, message.topic, key, size, limit))
+            else:
+                log.warning("producing to %s failed (%s); retrying", message.topic, type(failure).__name__)
+                retry.append(message)
+        pending = letters + retry
+        if retry:
+            if waited >= give_up_after:
+                on_fatal(f"the broker did not take {len(retry)} messages for {waited:.0f} s")
+                return False
+            STORE_RETRIES.inc()
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+    return True
+
+
+async def _failure(delivery: Awaitable[Any]) -> BaseException | None:
+    try:
+        await delivery
+    except Exception as exc:
+        return exc
+    return None
+
+
+class Progress:
+    """What /healthz knows of the resolving loop: a worker that stopped making progress is not alive."""
+
+    def __init__(self, stall_after: float) -> None:
+        self.stall_after = stall_after
+        self.busy_since: float | None = None  # monotonic start of the batch in hand
+        self.last_done = time.monotonic()
+        self.stopped: str | None = None  # why the loop ended, if it did
+        self.lag = 0
+
+    def problem(self) -> str | None:
+        now = time.monotonic()
+        if self.stopped is not None:
+            return f"the resolving loop stopped: {self.stopped}"
+        if self.busy_since is not None and now - self.busy_since > self.stall_after:
+            return f"one batch has been in hand for {now - self.busy_since:.0f} s"
+        if self.lag > 0 and self.busy_since is None and now - self.last_done > self.stall_after:
+            return f"{self.lag} events wait and no batch ended for {now - self.last_done:.0f} s"
+        return None
+
+
 def create_app(settings: Settings, bootstrap: str, redis_url: str, *, health: bool = True) -> faust.App:
     """A Faust app wired to the given broker and Redis (``health``: serve /metrics, /healthz, /readyz)."""
     app = faust_app(settings, settings.app_id, bootstrap)
-    client = redis.Redis.from_url(redis_url)
-    processor = Processor(settings.redis_store(client), settings.output_topics(), settings.trigger_rules_config())
+    client = settings.redis_client(redis_url)
+    topics = settings.output_topics()
+    processor = Processor(
+        settings.redis_store(client),
+        topics,
+        settings.trigger_rules_config(),
+        max_message_bytes=settings.max_message_bytes,
+        max_future_skew=settings.max_future_skew or None,
+    )
     touches = app.topic(*settings.touch_topics, key_type=bytes, value_type=bytes, value_serializer="raw")
     processed: dict[TP, int] = {}  # the next offset to process, per partition this worker has handled
+    progress = Progress(settings.stall_after)
+
+    async def send(message: Outbound) -> Awaitable[Any]:
+        return await app.producer.send(message.topic, message.key, message.value, None, None, None)
 
     async def resolve(stream: faust.StreamT[Any]) -> None:
         events: Sequence[EventT[Any]]
         batches = cast(Stream[Any], stream).take_events(settings.batch_size, within=settings.batch_within)
-        async for events in batches:
-            batch = [Inbound(e.message.value, e.message.topic, e.message.partition, e.message.offset) for e in events]
-            started = time.perf_counter()
-            counted = await run_batch(processor.process_counted, batch, give_up_after=settings.give_up_after)
-            if counted is None:
-                continue
-            out, stats = counted
-            for e in events:
-                processed[e.message.tp] = e.message.offset + 1
-            if not out:
-                continue
-            for message in out:
-                await app.producer.send(message.topic, message.key, message.value, None, None, None)
-            if any(m.trigger_id for m in out):
-                await app.producer.flush()  # delivered before recorded: a crash re-fires, never loses
-                await run_batch(processor.confirm, out, give_up_after=settings.give_up_after)
-            record_batch(stats, time.perf_counter() - started, len(batch), settings.blob_component_size)
+        try:
+            async for events in batches:
+                progress.busy_since = time.monotonic()
+                batch = [Inbound(m.value, m.topic, m.partition, m.offset) for m in (e.message for e in events)]
+                clock = time.perf_counter()
+                counted = await run_batch(processor.process_counted, batch, give_up_after=settings.give_up_after)
+                if counted is None:  # the process is stopping before the ack
+                    continue
+                out, stats = counted
+                if out and not await deliver(
+                    send, out, topics=topics, limit=settings.max_message_bytes, give_up_after=settings.give_up_after
+                ):
+                    continue
+                if any(m.trigger_id for m in out):  # delivered before recorded: a crash re-fires, never loses
+                    await run_batch(processor.confirm, out, give_up_after=settings.give_up_after)
+                for e in events:
+                    processed[e.message.tp] = e.message.offset + 1
+                record_batch(stats, time.perf_counter() - clock, len(batch), settings.blob_component_size)
+                progress.busy_since, progress.last_done = None, time.monotonic()
+        except BaseException as exc:
+            progress.stopped = type(exc).__name__
+            raise
 
     app.agent(touches, name="idstream.resolve", concurrency=1)(resolve)
     if health:
-        _observe(app, settings, client, processed)
+        _observe(app, settings, client, processed, progress)
     return app
 
 
-def _observe(app: faust.App, settings: Settings, client: redis.Redis, processed: dict[TP, int]) -> None:
+def _observe(
+    app: faust.App, settings: Settings, client: redis.Redis, processed: dict[TP, int], progress: Progress
+) -> None:
     """Consumer lag every few seconds, and /metrics, /healthz, /readyz for probes and Prometheus."""
     assigned = asyncio.Event()
 
@@ -190,6 +296,7 @@ def _observe(app: faust.App, settings: Settings, client: redis.Redis, processed:
 
     async def lag() -> None:
         consumer = app.consumer
+        total = 0
         for tp in consumer.assignment():
             done = processed.get(tp)
             if done is None:
@@ -197,6 +304,10 @@ def _observe(app: faust.App, settings: Settings, client: redis.Redis, processed:
             high = consumer.highwater(tp)
             if done is not None and high is not None:
                 LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
+                total += max(0, high - done)
+        if total and not progress.lag:  # work arrived after an idle spell: the stall clock starts now
+            progress.last_done = max(progress.last_done, time.monotonic() - 5.0)
+        progress.lag = total
 
     async def ready() -> str | None:
         if not assigned.is_set() or app.rebalancing:
@@ -210,7 +321,7 @@ def _observe(app: faust.App, settings: Settings, client: redis.Redis, processed:
     async def serve() -> None:
         where = f"http://{settings.metrics_host}:{settings.metrics_port}"
         try:
-            await start_health_server(settings.metrics_host, settings.metrics_port, ready)
+            await start_health_server(settings.metrics_host, settings.metrics_port, ready, live=progress.problem)
         except OSError as exc:  # a second worker on a laptop: resolving matters more than its metrics
             log.error("metrics and probes are off: cannot listen on %s: %s", where, exc)
             return

@@ -119,13 +119,22 @@ def metrics_response() -> web.Response:
 # ----------------------------------------------------------------------------- health server
 
 
-async def start_health_server(host: str, port: int, ready: Callable[[], Awaitable[str | None]]) -> web.AppRunner:
-    """Serve ``/metrics``, ``/healthz`` (the event loop answers) and ``/readyz`` (``ready()`` returns None)."""
+async def start_health_server(
+    host: str,
+    port: int,
+    ready: Callable[[], Awaitable[str | None]],
+    live: Callable[[], str | None] = lambda: None,
+) -> web.AppRunner:
+    """Serve ``/metrics``, ``/healthz`` (the event loop answers and ``live()`` finds no stall: else 503, and
+    an orchestrator restarts the process) and ``/readyz`` (``ready()`` returns None)."""
 
     async def metrics(request: web.Request) -> web.Response:
         return metrics_response()
 
     async def healthz(request: web.Request) -> web.Response:
+        problem = live()
+        if problem is not None:
+            return web.json_response({"status": "stalled", "reason": problem}, status=503)
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
@@ -199,10 +208,29 @@ class _TextFormatter(logging.Formatter):
         return self.scrub(super().format(record))
 
 
+class _OwnDebugOnly(logging.Filter):
+    """Below INFO, only idstream's own records pass: at DEBUG aiokafka logs every produced message whole (a
+    profile update: phones, e-mails, names, erased persons too), and no library's debug output is vetted for
+    personal data. idstream's own debug records carry event and profile ids, never identifier values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO or record.name == "idstream" or record.name.startswith("idstream.")
+
+
+#: Libraries that log payloads or connection details below INFO: held at INFO whatever the level asked.
+THIRD_PARTY_LOGGERS = ("aiokafka", "kafka", "faust", "mode", "aiohttp", "redis", "asyncio", "sqlalchemy", "alembic")
+
+
 def setup_logging(fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
-    """Route every logger (Faust's and aiokafka's too) to stderr as JSON lines (or text), secrets scrubbed."""
+    """Route every logger (Faust's and aiokafka's too) to stderr as JSON lines (or text), secrets scrubbed.
+
+    ``DEBUG`` is idstream's own debug output only: third-party records below INFO are dropped (see
+    :class:`_OwnDebugOnly`), so no log level prints a payload."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else _TextFormatter(secrets))
+    handler.addFilter(_OwnDebugOnly())
+    for name in THIRD_PARTY_LOGGERS:  # not even formatted: their debug records are dropped anyway
+        logging.getLogger(name).setLevel(logging.INFO)
     root = logging.getLogger()
     root.handlers.clear()
     root.addHandler(handler)
