@@ -213,6 +213,8 @@ class ApplyResult(NamedTuple):
     rejected: tuple[Rejection, ...] = ()
     #: identifiers this event made shared (their merges were split back)
     shared: tuple[Identifier, ...] = ()
+    #: a "duplicate" whose event id came before with other content (a reused id): the first event's source
+    reused_by: str | None = None
 
 
 Signature = tuple[frozenset[Identifier], int]
@@ -279,7 +281,7 @@ class IdentityGraph:
         self._owner: dict[Identifier, _Person] = {}
         self._persons: dict[str, _Person] = {}
         self._redirects: dict[str, str] = {}
-        self._seen: set[str] = set()
+        self._seen: dict[str, tuple[str, str]] = {}  # event id -> (fingerprint, source) of its first event
         self._aggs: dict[Identifier, Golden] = {}  # touches, by their strongest identifier
         # evidence groups: a disjoint-set forest over nodes, group data at the roots
         self._parent: dict[Identifier, Identifier] = {}
@@ -307,12 +309,15 @@ class IdentityGraph:
     def apply(self, touch: Touch) -> ApplyResult:
         """Apply one touch event and say what changed."""
         eid = touch.event_id
-        if eid in self._seen:
-            return ApplyResult(eid, "duplicate", self._primary_of(touch))
+        first = self._seen.get(eid)
+        if first is not None:
+            fingerprint, source = first
+            reused = source if fingerprint != touch.fingerprint else None
+            return ApplyResult(eid, "duplicate", self._primary_of(touch), reused_by=reused)
         if touch.type not in APPLIED_TYPES:
             raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
         accepted, rejected = self.normalizer.normalize_many(touch.identifiers)
-        self._seen.add(eid)
+        self._seen[eid] = (touch.fingerprint, touch.source[:200])
         bad = tuple(rejected)
         key = touch.key
         if touch.type is TouchType.ERASE_REQUEST:

@@ -46,11 +46,14 @@ class ProfileUpdate(BaseModel):
 
 
 class IdentityChange(BaseModel):
-    """One message on ``identity.changes``: a merge, a split, an erasure, a refused merge or rejected identifiers."""
+    """One message on ``identity.changes``: a merge, a split, an erasure, a refused merge, rejected identifiers,
+    or ``duplicate_conflict``: an event id seen before came with other content (two producers numbering their
+    events alike); the second event was not applied. ``source`` is its source, ``first_source`` the first's.
+    Producers avoid it by scoping ids with their source (``amocrm:lead-9:status-142``)."""
 
     model_config = ConfigDict(title="IdentityChange", extra="forbid")
 
-    type: Literal["merged", "split", "erased", "conflict", "rejected_identifiers"]
+    type: Literal["merged", "split", "erased", "conflict", "rejected_identifiers", "duplicate_conflict"]
     profile_id: str | None
     event_id: str
     source: str
@@ -61,6 +64,7 @@ class IdentityChange(BaseModel):
     evidence: dict[str, Any] | None = None
     conflict: dict[str, Any] | None = None
     rejected: list[dict[str, str]] = Field(default_factory=list)
+    first_source: str | None = Field(None, description="duplicate_conflict: the source of the first event.")
 
 
 class DeadLetter(BaseModel):

@@ -5,17 +5,18 @@
 -- shares one hash tag, so the script is Cluster-legal. Identifier values only ever appear as hash
 -- *fields* and values, never in key names or code.
 --
--- KEYS: seen owner person pidx redirect gparent group ev born hparent hkey hsize agg meta shared apart erased
+-- KEYS: seen owner person pidx redirect gparent group ev born hparent hkey hsize agg meta shared apart erased efp
 -- ARGV[1]: policy JSON {"limits": {kind: n}, "anchors": [kind], "keep": n, "path": n, "sp": {kind: n}, "sc": {kind: n},
 --                       "pk": [personal kind], "prio": [kind, strongest first]}
 -- ARGV[2]: batch JSON [{"e": event_id, "k": key, "m": mode (0 auto, 1 link, 2 unlink), "ids": [node, strongest
 --                      first], "sig": signature, "c": contribution, "x": evidence meta JSON, "h": {node: keyed hash}
---                      (only when the event is not newer than the last erasure)}]
+--                      (only when the event is not newer than the last erasure), "f": fingerprint (16 hex) .. source}]
 --          or one erasure [{"op": "erase", "e", "k", "ids": [requested node], "nodes": [every node to erase],
---                          "h": {node: keyed hash}}]
+--                          "h": {node: keyed hash}, "f"}]
 -- Nodes are "kind\31value". Keys and ranks compare as bytes (see identity.touch.key_text).
 -- Returns JSON {"r": [{"s": status, "p": profile id, "ch": [[kind, pid, merged_from, split_from, moved]],
---                      "cf": [[kind, limit, pid, other_pid, node, reason]], "sh": [newly shared node]}],
+--                      "cf": [[kind, limit, pid, other_pid, node, reason]], "sh": [newly shared node],
+--                      "dc": source of the first event, when a duplicate event id came with other content}],
 --               "g": identifiers in the largest component (evidence group) the batch wrote}
 --         or {"stale": erase_max} when an event older than the last erasure came without hashes (nothing written)
 --         or {"retry": true} when the persons to erase changed since they were read (nothing written)
@@ -26,7 +27,7 @@ local K = {
   seen = KEYS[1], owner = KEYS[2], person = KEYS[3], pidx = KEYS[4], redirect = KEYS[5],
   gparent = KEYS[6], group = KEYS[7], ev = KEYS[8], born = KEYS[9], hparent = KEYS[10],
   hkey = KEYS[11], hsize = KEYS[12], agg = KEYS[13], meta = KEYS[14], shared = KEYS[15],
-  apart = KEYS[16], erased = KEYS[17],
+  apart = KEYS[16], erased = KEYS[17], efp = KEYS[18],
 }
 local policy = cjson.decode(ARGV[1])
 local LIMITS = policy.limits
@@ -74,7 +75,7 @@ end
 local function cache(key) return { key = key, v = {}, d = {} } end
 local C = {}
 for name, key in pairs(K) do
-  if name ~= "seen" and name ~= "meta" and name ~= "erased" then C[name] = cache(key) end
+  if name ~= "seen" and name ~= "meta" and name ~= "erased" and name ~= "efp" then C[name] = cache(key) end
 end
 -- only an optimization: no unlink was ever recorded, so no merge needs the check
 local APART_ANY = redis.call("HLEN", K.apart) > 0
@@ -921,11 +922,21 @@ local function updated(ev, p)
   return { s = "applied", p = p.id, ch = { { "updated", p.id, {}, {} } }, cf = {} }
 end
 
-local SEEN = {} -- event ids first seen in this batch: added at the end, with everything else
-local function seen_before(eid)
-  if SEEN[eid] or redis.call("SISMEMBER", K.seen, eid) == 1 then return true end
-  SEEN[eid] = true
-  return false
+local SEEN = {} -- event ids first seen in this batch -> fingerprint .. source: added at the end, with the rest
+-- nil: a new event id; false: seen before with the same content (a redelivery), or before fingerprints were
+-- kept; a string: the id was seen with other content (a reused event id), and this is the first one's source
+local function seen_before(ev)
+  local first = SEEN[ev.e]
+  if first == nil then
+    if redis.call("SISMEMBER", K.seen, ev.e) == 0 then
+      SEEN[ev.e] = ev.f or ""
+      return nil
+    end
+    first = redis.call("HGET", K.efp, ev.e)
+    if not first then return false end
+  end
+  if ev.f == nil or first == "" or string.sub(first, 1, 16) == string.sub(ev.f, 1, 16) then return false end
+  return string.sub(first, 17)
 end
 
 local function drop_erased(ev)
@@ -947,10 +958,11 @@ local function new_signature(ev)
 end
 
 local function apply(ev)
-  if seen_before(ev.e) then
+  local dup = seen_before(ev)
+  if dup ~= nil then
     local p = nil
     if #ev.ids > 0 then p = owner_of(ev.ids[1]) end
-    return { s = "duplicate", p = p and p.id or nil, ch = {}, cf = {} }
+    return { s = "duplicate", p = p and p.id or nil, ch = {}, cf = {}, dc = dup or nil }
   end
   drop_erased(ev)
   if #ev.ids == 0 then return { s = "unresolved", ch = {}, cf = {} } end
@@ -1122,7 +1134,8 @@ end
 local results = {}
 for i, ev in ipairs(batch) do
   if ev.op == "erase" then
-    if seen_before(ev.e) then results[i] = { s = "duplicate", ch = {}, cf = {} } else results[i] = erase(ev) end
+    local dup = seen_before(ev)
+    if dup ~= nil then results[i] = { s = "duplicate", ch = {}, cf = {}, dc = dup or nil } else results[i] = erase(ev) end
   else
     results[i] = apply(ev)
   end
@@ -1142,10 +1155,19 @@ for root, g in pairs(G) do
 end
 for node, a in pairs(AGG) do put(C.agg, node, cjson.encode(a)) end
 for _, c in pairs(C) do flush(c) end
-local fresh_ids = {}
-for eid in pairs(SEEN) do fresh_ids[#fresh_ids + 1] = eid end
+local fresh_ids, prints = {}, {}
+for eid, f in pairs(SEEN) do
+  fresh_ids[#fresh_ids + 1] = eid
+  if f ~= "" then
+    prints[#prints + 1] = eid
+    prints[#prints + 1] = f
+  end
+end
 for i = 1, #fresh_ids, 4000 do
   redis.call("SADD", K.seen, unpack(fresh_ids, i, math.min(i + 3999, #fresh_ids)))
+end
+for i = 1, #prints, 4000 do
+  redis.call("HSET", K.efp, unpack(prints, i, math.min(i + 3999, #prints)))
 end
 if stats.reorders > 0 then redis.call("HINCRBY", K.meta, "reorders", stats.reorders) end
 if stats.late > 0 then redis.call("HINCRBY", K.meta, "late_without_replay", stats.late) end
