@@ -360,6 +360,10 @@ _SHEDDING = (
 )
 
 
+def _size(value: Any) -> int:
+    return len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+
+
 def fit(profile: dict[str, Any], budget: int, overhead: int = 0) -> dict[str, Any] | None:
     """The profile cut to serialize within ``budget - overhead`` bytes, or None when even its core does not fit.
 
@@ -368,7 +372,7 @@ def fit(profile: dict[str, Any], budget: int, overhead: int = 0) -> dict[str, An
     dropped under ``omitted``. Identifiers, counts, deals and the person's own attribution always stay.
     """
     limit = budget - overhead
-    if len(orjson.dumps(profile)) <= limit:
+    if _size(profile) <= limit:
         return profile
     out = dict(profile)
     omitted = dict(out.get("omitted") or {})
@@ -388,19 +392,19 @@ def fit(profile: dict[str, Any], budget: int, overhead: int = 0) -> dict[str, An
             omitted["deal_attribution"] = len(out["deals"])
         else:
             attributes = dict(out["attributes"])
-            by_size = sorted(attributes, key=lambda n: len(orjson.dumps(attributes[n])), reverse=True)
+            by_size = sorted(attributes, key=lambda n: _size(attributes[n]), reverse=True)
             out["omitted"] = omitted
-            size = len(orjson.dumps(out))
+            size = _size(out)
             for name in by_size:
                 if size <= limit - 64:  # the estimate is within a few bytes per attribute
                     break
                 if name in _ALWAYS_SHOWN:
                     continue
-                size -= len(orjson.dumps(attributes.pop(name))) + len(name) + 4
+                size -= _size(attributes.pop(name)) + len(name) + 4
                 omitted["attributes"] = omitted.get("attributes", 0) + 1
             out["attributes"] = attributes
         out["omitted"] = omitted
-        if len(orjson.dumps(out)) <= limit:
+        if _size(out) <= limit:
             return out
     return None
 

@@ -138,3 +138,26 @@ def reference(touches: list[Touch]) -> IdentityGraph:
     graph = IdentityGraph()
     graph.apply_many(touches)
     return graph
+
+
+def assert_nothing_lost(deployment: Deployment, touches: list[Touch], *, dead_letters: int = 0) -> None:
+    """The end of every fault test: every distinct event id produced is applied exactly once and named in
+    ``profiles.updates``, what ``idstream export`` reads from Redis equals offline ``idstream resolve`` of the
+    same events, and the dead-letter topic holds only the ``dead_letters`` expected."""
+    store = deployment.store()
+    distinct = {t.event_id: t for t in touches}
+    assert store.client.scard(f"{{{store.prefix}}}:seen") == len(distinct), "every event applied, none twice"
+    offline = IdentityGraph()
+    results = offline.apply_many(list(distinct.values()))
+    assert store.persons() == offline.persons()
+    assert list(store.profiles()) == list(offline.profiles()), "export (Redis) equals resolve (offline)"
+    named = {
+        event_id
+        for _, value in deployment.read(deployment.settings.profiles_topic)
+        if value is not None
+        for event_id in json.loads(value)["event_ids"]
+    }
+    unnamed = {r.event_id for r in results if r.profile_id is not None or r.changes} - named
+    assert not unnamed, f"{len(unnamed)} applied events never named in profiles.updates, e.g. {sorted(unnamed)[:5]}"
+    letters = deployment.read(deployment.settings.dlq_topic)
+    assert len(letters) == dead_letters, [json.loads(v or b"{}").get("error") for _, v in letters][:5]
