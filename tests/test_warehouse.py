@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ import pytest
 import redis
 from sqlalchemy import Engine, select, text
 
-from identity import CrmInfo, Normalizer, ResolutionPolicy, Touch, Utm
-from identity.graph import DEFAULT_ERASURE_KEY
+from identity import CrmInfo, Identifier, Normalizer, ResolutionPolicy, Touch, Utm
+from identity.graph import DEFAULT_ERASURE_KEY, erasure_hash
 from identity.triggers import TriggerRules
 from schemas import TouchEvent
 from sinks.warehouse import Message, WarehouseWriter, connect, head_revision, migrate, revision
@@ -260,6 +261,159 @@ def test_an_erased_person_leaves_no_rows(pipeline: Pipeline) -> None:
     assert len(persons) == 1
     assert "100-20-30" not in persons[0][1]
     assert "79161002030" not in persons[0][1]
+
+
+# ----------------------------------------------------------------------------- erasure holds against old events
+
+STRANGER = ("ga_client_id", "GA1.2.900.1700000000")
+
+
+def normalized(pair: tuple[str, str]) -> Identifier:
+    out = Normalizer().normalize(*pair)
+    assert isinstance(out, Identifier)
+    return out
+
+
+def resent(items: Sequence[Touch], suffix: str) -> list[Touch]:
+    """The same events re-sent by their producer under new event ids (their times unchanged)."""
+    return [replace(item, event_id=item.event_id + suffix) for item in items]
+
+
+def erase_ivan(pipeline: Pipeline) -> tuple[list[Message], list[Message]]:
+    """Ivan's history and a stranger's visit, then Ivan erased at minute 700; returns Ivan's messages."""
+    raw, profiles = pipeline.resolve(ivan())
+    for item in raw:
+        pipeline.write([item])
+    pipeline.write(profiles)
+    pipeline.feed([touch("m1", 30, STRANGER, utm=Utm("vk", "cpc")),
+                   touch("x1", 700, PHONE, type="erase_request", source="dpo")])  # fmt: skip
+    assert pipeline.store.lookup_raw(*PHONE) is None
+    return raw, profiles
+
+
+def only_the_stranger_left(engine: Engine) -> None:
+    assert [r[0] for r in rows(engine, t.touches)] == ["m1"]
+    for table in (t.deal_stages, t.deals, t.attribution, t.assists):
+        assert rows(engine, table) == [], table.name
+    with engine.connect() as conn:
+        persons = conn.execute(select(t.persons.c.profile_id, t.persons.c.identifiers)).all()
+        holders = set(conn.scalars(select(t.person_identifiers.c.profile_id)))
+    assert [json.loads(i) for _, i in persons] == [{"ga_client_id": [normalized(STRANGER).value]}]
+    assert holders == {persons[0][0]}
+
+
+def test_old_events_of_an_erased_person_never_come_back(pipeline: Pipeline) -> None:
+    engine = pipeline.writer.engine
+    raw, profiles = erase_ivan(pipeline)
+    only_the_stranger_left(engine)
+    expected = dump(engine)
+    stats, dead = pipeline.write([*raw, *profiles])  # Kafka redelivers the touch topics and the old profile updates
+    assert (stats.touches, stats.stages, stats.persons, dead) == (0, 0, 0, [])
+    assert stats.refused == len(raw)
+    pipeline.feed(ivan())  # the producers send everything again: the same event ids...
+    pipeline.feed(resent(ivan(), "-again"))  # ...and new ids with the old times
+    assert pipeline.store.lookup_raw(*PHONE) is None  # the resolver refused every one of them
+    assert pipeline.store.lookup_raw(*GA_LAPTOP) is None
+    assert dump(engine) == expected
+    pipeline.write(list(pipeline.log))  # everything the warehouse ever read, again, in one batch
+    assert dump(engine) == expected
+    only_the_stranger_left(engine)
+
+
+def test_the_warehouse_remembers_erasures_by_keyed_hash_only(pipeline: Pipeline) -> None:
+    engine = pipeline.writer.engine
+    erase_ivan(pipeline)
+    with engine.connect() as conn:
+        remembered = conn.execute(select(t.erasures)).all()
+    ivans = [normalized(i) for i in (GA_PHONE, GA_LAPTOP, PHONE, CRM)]
+    assert {r.digest for r in remembered if r.subject == "identifier"} == {
+        erasure_hash(DEFAULT_ERASURE_KEY, i) for i in ivans
+    }
+    assert len([r for r in remembered if r.subject == "profile"]) == 1
+    stored = repr(remembered)
+    for raw_value, value in zip((GA_PHONE, GA_LAPTOP, PHONE, CRM), ivans, strict=True):
+        assert raw_value[1] not in stored
+        assert value.value not in stored
+    # remembered as of the erasure request: Ivan's newest event (the won deal at minute 600) is older
+    assert {(_utc(r.through_at), r.through_event_id) for r in remembered} == {(T0 + timedelta(minutes=700), "x1")}
+
+
+def test_an_event_newer_than_the_erasure_starts_a_new_person(pipeline: Pipeline) -> None:
+    engine = pipeline.writer.engine
+    erase_ivan(pipeline)
+    # at the erasure's time: the event id decides, as in the resolver ("w1" < "x1" < "y1")
+    pipeline.feed([touch("w1", 700, PHONE, type="call", source="calltouch", utm=Utm("yandex", "cpc"))])
+    assert pipeline.store.lookup_raw(*PHONE) is None
+    pipeline.feed([touch("y1", 700, PHONE, type="call", source="calltouch", utm=Utm("yandex", "cpc")),
+                   touch("y2", 800, PHONE, CRM, type="crm_stage", source="amocrm",
+                         crm=CrmInfo("deal-2", "new", None, "sales"))])  # fmt: skip
+    again = pipeline.store.lookup_raw(*PHONE)
+    assert again is not None
+    assert pipeline.store.lookup_raw(*CRM) == again
+    pipeline.feed(resent(ivan(), "-again"))  # the old ones stay out after the new start
+    pipeline.write(pipeline.resolve(ivan())[0])
+    assert {k: v for k, v in owners(engine).items() if k != "m1"} == {"y1": again}
+    with engine.connect() as conn:
+        persons = set(conn.scalars(select(t.persons.c.profile_id)))
+        deals = conn.execute(select(t.deals.c.deal_id, t.deals.c.profile_id)).all()
+        stages = conn.execute(select(t.deal_stages.c.event_id, t.deal_stages.c.profile_id)).all()
+    assert again in persons
+    assert len(persons) == 2  # the stranger and the new start
+    assert [tuple(d) for d in deals] == [("deal-2", again)]
+    assert [tuple(s) for s in stages] == [("y2", again)]
+
+
+def test_an_erasure_spares_what_other_persons_hold(pipeline: Pipeline) -> None:
+    """A split and the erasure of one side in one batch: the other side's rows re-home and stay."""
+    engine = pipeline.writer.engine
+    pipeline.feed(ivan()[:5])
+    raw, profiles = pipeline.resolve([touch("u1", 200, GA_PHONE, PHONE, type="identity_unlink", source="operator")])
+    requested, erased = pipeline.resolve([touch("x1", 700, PHONE, type="erase_request", source="dpo")])
+    pipeline.write([*raw, *requested, *profiles, *erased])
+    device = pipeline.store.lookup_raw(*GA_PHONE)
+    assert device is not None
+    assert pipeline.store.lookup_raw(*PHONE) is None
+    assert owners(engine) == {"v1": device}
+    assert rows(engine, t.deal_stages) == rows(engine, t.deals) == []
+    with engine.connect() as conn:
+        assert list(conn.scalars(select(t.persons.c.profile_id))) == [device]
+    # re-sent: the erased identifiers are dropped, what is left still counts (the resolver does the same)
+    pipeline.feed(resent([i for i in ivan() if i.event_id in {"v1", "c1", "f1"}], "-again"))
+    assert pipeline.store.lookup_raw(*GA_LAPTOP) is None  # the form: the laptop went with the phone's person
+    assert owners(engine) == {"v1": device, "v1-again": device, "c1-again": device}
+
+
+def test_a_restarted_sink_still_honours_the_erasure(pipeline: Pipeline) -> None:
+    engine = pipeline.writer.engine
+    raw, profiles = erase_ivan(pipeline)
+    expected = dump(engine)
+    restarted = connect(engine.url.render_as_string(hide_password=False))
+    try:
+        pipeline.writer = WarehouseWriter(restarted, pipeline.policy, Normalizer(), DEFAULT_ERASURE_KEY)
+        for item in [*raw, *profiles]:  # one message per batch this time
+            stats, _ = pipeline.write([item])
+            assert (stats.touches, stats.stages) == (0, 0)
+        pipeline.feed(resent(ivan(), "-after-restart"))
+        assert dump(restarted) == expected
+    finally:
+        restarted.dispose()
+
+
+def test_an_erasure_request_holds_before_the_erased_update_arrives(pipeline: Pipeline) -> None:
+    """The warehouse reads the request on the touch topic too: it holds whichever stream comes first."""
+    engine = pipeline.writer.engine
+    raw, profiles = pipeline.resolve(ivan())
+    requested, erased = pipeline.resolve([touch("x1", 700, PHONE, type="erase_request", source="dpo")])
+    pipeline.write(raw)  # the touch topics run ahead of profiles.updates
+    pipeline.write(requested)
+    assert set(owners(engine)) == {"v1", "v2"}  # the form and the call were recorded under the phone number
+    stats, _ = pipeline.write(pipeline.resolve([touch("p1", 500, PHONE, type="call", source="calltouch")])[0])
+    assert (stats.touches, stats.refused) == (0, 1)
+    pipeline.write([*profiles, *erased])  # the profile updates in one batch: Ivan's last one, then his erasure
+    for table in (t.touches, t.deal_stages, t.deals, t.persons, t.person_identifiers, t.attribution, t.assists):
+        assert rows(engine, table) == [], table.name
+    stats, _ = pipeline.write(raw)
+    assert (stats.touches, stats.stages, stats.refused) == (0, 0, len(raw))
 
 
 def spend(day: str, source: str, medium: str, cost: float, reported: str, **extra: Any) -> Message:

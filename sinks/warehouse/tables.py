@@ -9,6 +9,10 @@
 * ``attribution``: per conversion (a person's lead, or a deal) and model, each channel's credit.
 * ``assists``: channels on a deal's path before its final touch.
 * ``ad_spend``: cost per day, channel, account and currency (the newest report of a day wins).
+* ``erasures``: what was erased on request, as keyed hashes only (an identifier's is its ``anchor``; a
+  profile id's is keyed the same way), each with the event key (``through_at``, ``through_event_id``) up to
+  which an event naming it is refused: the resolver's rule, so an old event re-sent or redelivered after
+  the erasure never brings a row back, while a newer one may start a new person.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "attribution",
     "deal_stages",
     "deals",
+    "erasures",
     "person_identifiers",
     "persons",
     "touches",
@@ -75,6 +80,8 @@ persons = Table(
     Column("touches", Integer, nullable=False),
     Column("identifiers", Text, nullable=False),  # JSON {kind: [values]}
     Column("updated_at", TS, nullable=False),
+    Column("last_touch_at", TS),  # the golden profile's newest touch (an erasure holds at least through it)
+    Column("last_event_id", String(128)),
 )
 
 person_identifiers = Table(
@@ -159,4 +166,13 @@ ad_spend = Table(
     Column("currency", String(3), primary_key=True),
     Column("cost", Float, nullable=False),
     Column("reported_at", TS, nullable=False),
+)
+
+erasures = Table(
+    "erasures",
+    METADATA,
+    Column("digest", String(32), primary_key=True),  # HMAC-SHA256 (128 bits, hex) under the erasure key
+    Column("subject", String(16), nullable=False),  # identifier | profile
+    Column("through_at", TS, nullable=False),
+    Column("through_event_id", String(128), nullable=False),
 )

@@ -11,7 +11,12 @@ streams arrive in any order, so every table is written to converge:
   the rows whose anchors moved, whichever of the two streams came first;
 * deals and attribution are recomputed from the rows for every deal and person a batch touched;
 * an ad-spend row keeps the report with the newest ``reported_at``;
-* an ``erased`` update deletes the person's rows everywhere.
+* an ``erased`` update deletes the person's rows everywhere, and the erasure is remembered (keyed
+  hashes only, in ``erasures``) through the newest event the warehouse knows the person by; an
+  ``erase_request`` on a touch topic is remembered for the identifiers it names. Every event not newer
+  than the erasure of an identifier is written as if it did not carry it (the resolver's rule): an
+  event left with none writes no row, so an old event re-sent or redelivered after an erasure never
+  brings a touch, a stage change, a deal or a person back, while a newer one may start a new person.
 
 Bad ad-spend and profile messages come back as dead letters; bad touches are skipped (the resolver
 already dead-letters them, once).
@@ -25,11 +30,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, delete, select, tuple_, update
+from sqlalchemy import Engine, and_, delete, null, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -47,7 +52,7 @@ from identity.errors import IdstreamError, TransientError
 from identity.graph import erasure_hash
 from identity.normalize import Identifier, Normalizer
 from identity.policy import ResolutionPolicy
-from identity.touch import Touch, TouchType
+from identity.touch import Touch, TouchType, event_key
 from schemas import DeadLetter, InvalidMessage, ProfileUpdate, decode_spend, decode_touch
 from sinks.warehouse import tables as t
 from sinks.warehouse.db import chunks, from_db, insert, to_db, transient
@@ -57,6 +62,11 @@ __all__ = ["Message", "WarehouseTopics", "WarehouseWriter", "WriteStats"]
 log = logging.getLogger("idstream.warehouse")
 
 _KEY_EVENT = tuple[datetime, str]
+#: An event key as the resolver orders events: (UTC microseconds since 1970, event id).
+_Key = tuple[int, str]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The kind a profile id is hashed under in ``erasures``: no identifier kind can take this name.
+_PROFILE_KIND = "@profile"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +102,21 @@ class WriteStats:
     rehomed: int = 0
     deals: int = 0
     attributed: int = 0
+    #: touches and stage changes not written: every identifier they carry was erased as of their time
+    refused: int = 0
 
 
 @dataclass(slots=True)
 class _Batch:
     touches: list[dict[str, Any]] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: per touch or stage event id: its key and its identifiers' keyed hashes, strongest first
+    identified: dict[str, tuple[_Key, tuple[str, ...]]] = field(default_factory=dict)
+    #: erase requests read on the touch topics, by event id: their key and the hashes they name
+    requests: dict[str, tuple[_Key, tuple[str, ...]]] = field(default_factory=dict)
     profiles: dict[str, ProfileUpdate | None] = field(default_factory=dict)  # None: a tombstone
+    #: per erased profile, the newest update of it this batch held before the erasure (what it knew of it)
+    superseded: dict[str, ProfileUpdate] = field(default_factory=dict)
     spend: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
 
@@ -134,6 +152,7 @@ class WarehouseWriter:
             len(batch)
             - len(parsed.dead)
             - (len(parsed.touches) + len(parsed.stages) + len(parsed.spend) + len(parsed.profiles))
+            - len(parsed.requests)
         )
         try:
             with self.engine.begin() as conn:
@@ -145,12 +164,25 @@ class WarehouseWriter:
         return stats, parsed.dead
 
     def anchor(self, touch: Touch) -> str | None:
-        """The keyed hash of the identifier a touch is recorded under (its strongest), as the golden profile does."""
+        """The keyed hash of the identifier a touch is recorded under (its strongest), as the golden profile does.
+
+        Before any erasure, that is: the writer skips identifiers erased as of the touch's time.
+        """
+        hashes = self.hashes(touch)
+        return hashes[0] if hashes else None
+
+    def hashes(self, touch: Touch) -> tuple[str, ...]:
+        """The keyed hashes of a touch's identifiers, strongest first (the order the golden profile folds by)."""
         accepted, _ = self.normalizer.normalize_many(touch.identifiers)
         if not accepted:
-            return None
+            return ()
         rank = self.policy.kind_rank
-        return erasure_hash(self.key, min(accepted, key=lambda i: (rank(i.kind), i.value)))
+        ordered = sorted(set(accepted), key=lambda i: (rank(i.kind), i.value))
+        return tuple(erasure_hash(self.key, i) for i in ordered)
+
+    def profile_digest(self, profile_id: str) -> str:
+        """The keyed hash an erased profile id is remembered by."""
+        return erasure_hash(self.key, Identifier(_PROFILE_KIND, profile_id))
 
     # ------------------------------------------------------------------ parsing
 
@@ -177,7 +209,15 @@ class WarehouseWriter:
                     out.profiles[pid] = None
             return
         update_ = ProfileUpdate.model_validate_json(msg.value)
-        out.profiles[update_.profile_id] = update_  # the last message of a profile wins (one partition per key)
+        pid = update_.profile_id
+        held = out.profiles.get(pid)
+        if held is not None and held.kind == "erased" and held.version > update_.version:
+            return  # an older update after the erasure: it cannot bring the person back
+        if update_.kind == "erased" and held is not None and held.kind != "erased":
+            known = out.superseded.get(pid)
+            if known is None or known.version < held.version:
+                out.superseded[pid] = held
+        out.profiles[pid] = update_  # the last message of a profile wins (one partition per key)
 
     def _parse_spend(self, msg: Message, out: _Batch) -> None:
         spend = decode_spend(msg.value or b"")
@@ -202,7 +242,12 @@ class WarehouseWriter:
             touch = decode_touch(msg.value or b"").to_touch()
         except (InvalidMessage, IdstreamError):
             return  # the resolver dead-letters bad touches; counted as skipped
-        anchor = self.anchor(touch)
+        hashes = self.hashes(touch)
+        if touch.type is TouchType.ERASE_REQUEST:
+            if hashes:
+                out.requests[touch.event_id] = (touch.key, hashes)
+            return
+        anchor = hashes[0] if hashes else None  # settled at write time, without identifiers erased by then
         when = to_db(touch.occurred_at)
         crm = touch.crm
         if touch.type is TouchType.CRM_STAGE and crm is not None:
@@ -219,6 +264,7 @@ class WarehouseWriter:
                     "anchor": anchor,
                 }
             )
+            out.identified[touch.event_id] = (touch.key, hashes)
             return
         channel = channel_of(touch)
         if channel is None:
@@ -241,6 +287,7 @@ class WarehouseWriter:
                 "anchor": anchor,
             }
         )
+        out.identified[touch.event_id] = (touch.key, hashes)
 
     # ------------------------------------------------------------------ writing
 
@@ -249,27 +296,37 @@ class WarehouseWriter:
         affected_persons: set[str] = set()
         affected_deals: set[str] = set()
 
-        new_touches = self._insert_new(conn, t.touches, batch.touches)
-        new_stages = self._insert_new(conn, t.deal_stages, batch.stages)
-        stats.touches, stats.stages = len(new_touches), len(new_stages)
-        dirty_anchors.update(r["anchor"] for r in (*new_touches, *new_stages) if r["anchor"])
-        affected_deals.update(r["deal_id"] for r in new_stages)
-
+        # who is who first (never an erased profile again), then the erasures, then the rows: an erasure
+        # holds for every event of this batch too, whichever order the streams brought them in
         updates: list[ProfileUpdate] = []
+        erased: list[ProfileUpdate] = []
         for pid, message in batch.profiles.items():
             if message is None:
                 dirty_anchors |= self._retire(conn, pid)
                 affected_persons.add(pid)
                 stats.retired += 1
             elif message.kind == "erased":
-                affected_deals |= self._erase(conn, pid)
-                stats.erased += 1
+                erased.append(message)
             else:
                 updates.append(message)
         anchors, changed = self._persons(conn, updates)
         dirty_anchors |= anchors
         affected_persons |= changed
         stats.persons = len(changed)
+
+        if erased or batch.requests:
+            deals_hit, persons_hit, moved = self._erase(conn, erased, batch.requests, batch.superseded)
+            affected_deals |= deals_hit
+            affected_persons |= persons_hit
+            dirty_anchors |= moved
+            stats.erased = len(erased)
+
+        touches, stages = self._admit(conn, batch, stats)
+        new_touches = self._insert_new(conn, t.touches, touches)
+        new_stages = self._insert_new(conn, t.deal_stages, stages)
+        stats.touches, stats.stages = len(new_touches), len(new_stages)
+        dirty_anchors.update(r["anchor"] for r in (*new_touches, *new_stages) if r["anchor"])
+        affected_deals.update(r["deal_id"] for r in new_stages)
 
         if dirty_anchors:
             before, after, deals_moved = self._rehome(conn, dirty_anchors)
@@ -301,6 +358,9 @@ class WarehouseWriter:
         Returns the anchors whose holder may have changed and the profiles that changed. A few statements
         per batch, whatever its size (one per profile made the sink the bottleneck).
         """
+        if updates:
+            gone_for_good = self._erased_profiles(conn, {u.profile_id for u in updates})
+            updates = [u for u in updates if u.profile_id not in gone_for_good]  # an old update, redelivered
         if not updates:
             return set(), set()
         ps, pi = t.persons, t.person_identifiers
@@ -317,6 +377,7 @@ class WarehouseWriter:
         for message in fresh:
             pid, profile = message.profile_id, message.profile or {}
             identifiers: dict[str, list[str]] = profile.get("identifiers") or {}
+            last = _last_touch(profile)
             rows.append(
                 {
                     "profile_id": pid,
@@ -328,6 +389,8 @@ class WarehouseWriter:
                     "touches": sum(int(n) for n in (profile.get("touch_counts") or {}).values()),
                     "identifiers": json.dumps(identifiers, ensure_ascii=False, sort_keys=True),
                     "updated_at": now,
+                    "last_touch_at": to_db(_moment(last)) if last else None,
+                    "last_event_id": last[1] if last else None,
                 }
             )
             mine = wanted[pid] = set()
@@ -376,12 +439,226 @@ class WarehouseWriter:
         conn.execute(delete(t.persons).where(t.persons.c.profile_id == pid))
         return anchors
 
-    def _erase(self, conn: Connection, pid: str) -> set[str]:
-        """The person was erased on request: every row of theirs goes. Returns the deals that lost rows."""
-        deal_ids = set(conn.scalars(select(t.deal_stages.c.deal_id).where(t.deal_stages.c.profile_id == pid)))
-        for table in (t.touches, t.deal_stages, t.attribution, t.assists, t.person_identifiers, t.deals, t.persons):
-            conn.execute(delete(table).where(table.c.profile_id == pid))
-        return deal_ids
+    # ------------------------------------------------------------------ erasure
+
+    def _erase(
+        self,
+        conn: Connection,
+        erased: list[ProfileUpdate],
+        requests: dict[str, tuple[_Key, tuple[str, ...]]],
+        superseded: dict[str, ProfileUpdate],
+    ) -> tuple[set[str], set[str], set[str]]:
+        """Delete the rows of erased persons and remember the erasures (requests and ``erased`` updates).
+
+        Each erased identifier is remembered through the newest of: its erasure request, the erased
+        person's last touch and its rows, taken over every person the same request erased; as the resolver
+        remembers it through the newest thing it erased. Returns the deals that lost rows, the other
+        persons that lost rows, and the anchors of rows that had moved to another person (they re-home).
+        """
+        pids = sorted({m.profile_id for m in erased})
+        anchors, newest = self._identities(conn, pids, superseded)
+        gone, deals_hit, moved = self._rows_of(conn, pids, anchors, newest)
+        # every person erased by one request is remembered through the newest of them all
+        through: dict[str, _Key] = {eid: key for eid, (key, _) in requests.items()}
+        requested: dict[str, list[str]] = {}
+        for message in erased:
+            pid = message.profile_id
+            events = _erasure_events(message)
+            requested[pid] = [eid for eid, _ in events]
+            own = max([newest.get(pid, (0, "")), *(key for _, key in events)])
+            newest[pid] = own
+            for eid in requested[pid]:
+                through[eid] = max(through.get(eid, own), own)
+        marks: dict[str, tuple[str, _Key]] = {}
+
+        def mark(digest: str, subject: str, key: _Key) -> None:
+            held = marks.get(digest)
+            if held is None or held[1] < key:
+                marks[digest] = (subject, key)
+
+        for request_id, (_, hashes) in requests.items():
+            for digest in hashes:
+                mark(digest, "identifier", through[request_id])
+        for pid in pids:
+            until = max([newest[pid], *(through[eid] for eid in requested[pid])])
+            for digest in anchors[pid]:
+                mark(digest, "identifier", until)
+            mark(self.profile_digest(pid), "profile", until)
+
+        for table, eids in gone.items():
+            for ids in chunks(eids):
+                conn.execute(delete(table).where(table.c.event_id.in_(ids)))
+        for group in chunks(pids):
+            for table in (t.attribution, t.assists, t.person_identifiers, t.persons):
+                conn.execute(delete(table).where(table.c.profile_id.in_(group)))
+            deals_hit.update(conn.scalars(select(t.deals.c.deal_id).where(t.deals.c.profile_id.in_(group))))
+            conn.execute(delete(t.deals).where(t.deals.c.profile_id.in_(group)))
+        more_deals, persons_hit = self._remember(conn, marks)
+        return deals_hit | more_deals, persons_hit - set(pids), moved
+
+    def _identities(
+        self, conn: Connection, pids: list[str], superseded: dict[str, ProfileUpdate]
+    ) -> tuple[dict[str, set[str]], dict[str, _Key]]:
+        """What the warehouse knows erased persons by: the hashes of their identifiers and their last touch.
+
+        From each one's newest profile seen (the table's row, or an update this batch held before the
+        erasure) and the identifiers ``person_identifiers`` still gives it.
+        """
+        ps, pi = t.persons, t.person_identifiers
+        known: dict[str, tuple[int, dict[str, list[str]], _Key | None]] = {}  # version, identifiers, last touch
+        query = select(ps.c.profile_id, ps.c.version, ps.c.identifiers, ps.c.last_touch_at, ps.c.last_event_id)
+        for group in chunks(pids):
+            for row in conn.execute(query.where(ps.c.profile_id.in_(group))):
+                last = _key_of(row.last_touch_at, row.last_event_id) if row.last_event_id else None
+                known[row.profile_id] = (row.version, json.loads(row.identifiers), last)
+        for pid in pids:
+            message = superseded.get(pid)
+            if message is not None and message.profile and (pid not in known or known[pid][0] < message.version):
+                known[pid] = (message.version, message.profile.get("identifiers") or {}, _last_touch(message.profile))
+        anchors: dict[str, set[str]] = {pid: set() for pid in pids}
+        newest: dict[str, _Key] = {}
+        for pid, (_, identifiers, last) in known.items():
+            anchors[pid] = {
+                erasure_hash(self.key, Identifier(kind, value))
+                for kind, values in identifiers.items()
+                for value in values
+            }
+            if last is not None:
+                newest[pid] = last
+        for group in chunks(pids):
+            for anchor, holder in conn.execute(select(pi.c.anchor, pi.c.profile_id).where(pi.c.profile_id.in_(group))):
+                anchors[holder].add(anchor)
+        return anchors, newest
+
+    def _rows_of(
+        self, conn: Connection, pids: list[str], anchors: dict[str, set[str]], newest: dict[str, _Key]
+    ) -> tuple[dict[Any, list[str]], set[str], set[str]]:
+        """The rows erased persons hold: erased with them, unless another person holds their anchor now.
+
+        Adds their anchors and keys to ``anchors`` and ``newest``; returns the event ids to delete per
+        table, the deals of those stage rows, and the anchors of the rows that moved (a split or merge this
+        batch applied first: they re-home).
+        """
+        tc, ds = t.touches, t.deal_stages
+        homed: list[tuple[Any, str, str | None, datetime, str, str | None]] = []
+        touch_rows = select(tc.c.event_id, tc.c.anchor, tc.c.occurred_at, tc.c.profile_id)
+        stage_rows = select(ds.c.event_id, ds.c.anchor, ds.c.occurred_at, ds.c.profile_id, ds.c.deal_id)
+        for group in chunks(pids):
+            for r in conn.execute(touch_rows.where(tc.c.profile_id.in_(group))):
+                homed.append((tc, r.event_id, r.anchor, r.occurred_at, r.profile_id, None))
+            for stage in conn.execute(stage_rows.where(ds.c.profile_id.in_(group))):
+                homed.append((ds, stage.event_id, stage.anchor, stage.occurred_at, stage.profile_id, stage.deal_id))
+        theirs = {a for held in anchors.values() for a in held}
+        strange = sorted({row[2] for row in homed if row[2] is not None and row[2] not in theirs})
+        elsewhere: dict[str, str] = {}
+        pi = t.person_identifiers
+        for group in chunks(strange):
+            elsewhere.update(conn.execute(select(pi.c.anchor, pi.c.profile_id).where(pi.c.anchor.in_(group))).all())
+        gone: dict[Any, list[str]] = defaultdict(list)
+        deals_hit: set[str] = set()
+        moved: set[str] = set()
+        for table, eid, anchor, when, pid, deal_id in homed:
+            if anchor is not None and elsewhere.get(anchor, pid) != pid:
+                moved.add(anchor)
+                continue
+            if anchor is not None:
+                anchors[pid].add(anchor)
+            key = _key_of(when, eid)
+            if pid not in newest or newest[pid] < key:
+                newest[pid] = key
+            gone[table].append(eid)
+            if deal_id is not None:
+                deals_hit.add(deal_id)
+        return gone, deals_hit, moved
+
+    def _remember(self, conn: Connection, marks: dict[str, tuple[str, _Key]]) -> tuple[set[str], set[str]]:
+        """Record erasures (a stored one is only ever pushed later), then delete the rows they cover.
+
+        Returns the deals and the persons that lost rows.
+        """
+        if not marks:
+            return set(), set()
+        e = t.erasures
+        rows = [
+            {"digest": d, "subject": s, "through_at": to_db(_moment(k)), "through_event_id": k[1]}
+            for d, (s, k) in sorted(marks.items())
+        ]
+        stmt = insert(conn, e)
+        ex = stmt.excluded
+        binary = _binary(conn)
+        later = or_(
+            e.c.through_at < ex.through_at,
+            and_(e.c.through_at == ex.through_at, binary(e.c.through_event_id) < binary(ex.through_event_id)),
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["digest"],
+                set_={"through_at": ex.through_at, "through_event_id": ex.through_event_id},
+                where=later,
+            ),
+            rows,
+        )
+        through = self._erased(conn, {d for d, (s, _) in marks.items() if s == "identifier"})
+        deals_hit: set[str] = set()
+        persons_hit: set[str] = set()
+        for group in chunks(sorted(through)):
+            for table in (t.touches, t.deal_stages):
+                deal = t.deal_stages.c.deal_id if table is t.deal_stages else null()
+                query = select(table.c.event_id, table.c.anchor, table.c.occurred_at, table.c.profile_id, deal)
+                covered = [
+                    (eid, pid, deal_id)
+                    for eid, anchor, when, pid, deal_id in conn.execute(query.where(table.c.anchor.in_(group)))
+                    if _key_of(when, eid) <= through[anchor]
+                ]
+                for ids in chunks([eid for eid, _, _ in covered]):
+                    conn.execute(delete(table).where(table.c.event_id.in_(ids)))
+                persons_hit.update(pid for _, pid, _ in covered if pid is not None)
+                deals_hit.update(deal_id for _, _, deal_id in covered if deal_id is not None)
+        return deals_hit, persons_hit
+
+    def _erased(self, conn: Connection, digests: set[str]) -> dict[str, _Key]:
+        """Which of these identifier hashes are erased, each with the key through which it is."""
+        e = t.erasures
+        out: dict[str, _Key] = {}
+        for group in chunks(sorted(digests)):
+            query = select(e.c.digest, e.c.through_at, e.c.through_event_id).where(
+                e.c.digest.in_(group), e.c.subject == "identifier"
+            )
+            for digest, when, eid in conn.execute(query):
+                out[digest] = _key_of(when, eid)
+        return out
+
+    def _erased_profiles(self, conn: Connection, pids: set[str]) -> set[str]:
+        """Which of these profile ids were erased (an erased id never lives again)."""
+        e = t.erasures
+        by_digest = {self.profile_digest(pid): pid for pid in pids}
+        out: set[str] = set()
+        for group in chunks(sorted(by_digest)):
+            query = select(e.c.digest).where(e.c.digest.in_(group), e.c.subject == "profile")
+            out.update(by_digest[d] for d in conn.scalars(query))
+        return out
+
+    def _admit(self, conn: Connection, batch: _Batch, stats: WriteStats) -> tuple[list[dict[str, Any]], ...]:
+        """The touch and stage rows to write, each anchored on its strongest identifier not erased as of its key.
+
+        An event all of whose identifiers were erased as of its key writes no row (the resolver refuses it).
+        One lookup per batch (per 500 hashes), whatever the number of events.
+        """
+        through = self._erased(conn, {d for _, hashes in batch.identified.values() for d in hashes})
+        if not through:
+            return batch.touches, batch.stages
+        out: list[list[dict[str, Any]]] = []
+        for rows in (batch.touches, batch.stages):
+            kept: list[dict[str, Any]] = []
+            for row in rows:
+                key, hashes = batch.identified[row["event_id"]]
+                live = [d for d in hashes if d not in through or through[d] < key]
+                if not live and hashes:
+                    stats.refused += 1
+                    continue
+                kept.append(row if len(live) == len(hashes) else {**row, "anchor": live[0]})
+            out.append(kept)
+        return out[0], out[1]
 
     def _rehome(self, conn: Connection, anchors: set[str]) -> tuple[set[str], set[str], set[str]]:
         """Point the rows of these anchors at the profile holding each anchor now (or at nobody).
@@ -544,6 +821,50 @@ def _utc(moment: datetime) -> datetime:
     out = from_db(moment)
     assert out is not None  # noqa: S101 - NOT NULL columns
     return out
+
+
+def _key_of(moment: datetime, event_id: str) -> _Key:
+    """The key of a stored event."""
+    return event_key(_utc(moment), event_id)
+
+
+def _moment(key: _Key) -> datetime:
+    """The time of an event key (UTC)."""
+    return _EPOCH + timedelta(microseconds=key[0])
+
+
+def _when(text: Any, event_id: Any) -> _Key | None:
+    """The key of an event given as an ISO time and an id (a profile's last touch, an erasure's evidence)."""
+    if not isinstance(text, str) or not isinstance(event_id, str) or not event_id:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return event_key(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC), event_id)
+
+
+def _last_touch(profile: dict[str, Any]) -> _Key | None:
+    """The key of a golden profile's newest touch."""
+    last = profile.get("last_touch")
+    return _when(last.get("occurred_at"), last.get("event_id")) if isinstance(last, dict) else None
+
+
+def _erasure_events(message: ProfileUpdate) -> list[tuple[str, _Key]]:
+    """The erasure requests an ``erased`` update names in its evidence: their ids and keys."""
+    out = []
+    for why in message.evidence:
+        key = _when(why.get("occurred_at"), why.get("event_id")) if why.get("rule") == "erasure" else None
+        if key is not None:
+            out.append((key[1], key))
+    return out
+
+
+def _binary(conn: Connection) -> Any:
+    """Compare text by code point, as Python does (PostgreSQL would use the database's collation)."""
+    if conn.dialect.name == "postgresql":
+        return lambda column: column.collate("C")
+    return lambda column: column
 
 
 def _parse_time(text: Any) -> datetime | None:
