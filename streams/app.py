@@ -43,9 +43,12 @@ def ensure_topics(settings: Settings, bootstrap: str) -> None:
         compacted = {"cleanup.policy": "compact"}
         wanted = [NewTopic(t, settings.topic_partitions, 1) for t in settings.touch_topics]
         wanted.append(NewTopic(settings.profiles_topic, settings.topic_partitions, 1, topic_configs=compacted))
-        others = (settings.changes_topic, settings.dlq_topic, settings.triggers_topic, settings.webhook_dlq_topic,
-                  settings.spend_topic, settings.warehouse_dlq_topic)  # fmt: skip
+        others = (settings.changes_topic, settings.triggers_topic, settings.spend_topic)
         wanted += [NewTopic(t, settings.topic_partitions, 1) for t in others]
+        # dead letters keep the raw input, erased persons' values too: they age out instead of staying forever
+        aging = {"retention.ms": str(round(settings.dlq_retention_days * 86_400_000))}
+        letters = (settings.dlq_topic, settings.webhook_dlq_topic, settings.warehouse_dlq_topic)
+        wanted += [NewTopic(t, settings.topic_partitions, 1, topic_configs=aging) for t in letters]
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         if missing:

@@ -296,6 +296,8 @@ class RedisIdentityStore:
             out = self._call([item])
             if "r" in out:
                 self._erase_max = max(self._erase_max, item["k"])
+                with mapped("erasure"):  # the slow log keeps script arguments: the erased values among them
+                    self.client.slowlog_reset()
                 return _list(out["r"])
             if "stale" in out:
                 self._erase_max = out["stale"]

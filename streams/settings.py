@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         description="Seconds an event's occurred_at may lie ahead of the worker's clock; later ones are dead "
         "letters (a touch dated 2199 would pin a person's last touch and name forever).",
     )
+    dlq_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="Days the dead-letter topics keep a message (they hold raw input: an erased person's values "
+        "leave them at the latest then). Applies to topics `idstream topics` creates.",
+    )
     stall_after: float = Field(
         180.0,
         gt=0,

@@ -410,3 +410,17 @@ def test_events_dated_beyond_the_future_skew_are_dead_letters(redis_client: redi
 
 def _at(t: Touch, moment: datetime) -> Touch:
     return dataclasses.replace(t, occurred_at=moment)
+
+
+def test_an_erasure_leaves_no_erased_value_in_the_redis_slow_log(private_redis: ChildServer) -> None:
+    """The slow log keeps the arguments of slow calls: the resolve script's carry identifier values."""
+    client = redis.Redis.from_url(private_redis.url)
+    client.config_set("slowlog-log-slower-than", 0)  # every call is "slow": the worst case
+    store = RedisIdentityStore(client, prefix="slowlog")
+    store.apply_batch([touch("call-1", 0, ("phone", "+7 916 321-54-76"), ("email", "olga.k@mail.ru"), type="call")])
+    assert any(b"olga.k@mail.ru" in bytes(arg) for entry in client.slowlog_get(128) for arg in entry["command"].split())
+    store.apply_batch([touch("erase-1", 5, ("email", "olga.k@mail.ru"), type="erase_request", source="privacy")])
+    logged = b" ".join(entry["command"] for entry in client.slowlog_get(128))
+    assert b"olga.k@mail.ru" not in logged
+    assert b"9163215476" not in logged
+    client.close()
