@@ -1,7 +1,7 @@
 """The lookup HTTP API's requests and responses, and its OpenAPI description built from them.
 
-``schemas/openapi.json`` is generated from this module (``idstream schema export``); a test fails
-when it is stale, and the API's own tests validate every answer against these models.
+``schemas/json/lookup-api.openapi.json`` is generated from this module (``idstream schema export``); a test
+fails when it is stale, and the API's own tests validate every answer against these models.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_CANDIDATES",
     "BatchLookupRequest",
     "BatchLookupResponse",
     "Candidate",
@@ -28,6 +29,8 @@ __all__ = [
 MAX_BATCH = 1000
 #: Longest raw identifier value the API accepts (the normalizers refuse longer ones anyway).
 MAX_VALUE = 512
+#: Most candidates an ambiguous answer lists (``candidates_total`` counts them all).
+MAX_CANDIDATES = 20
 
 Status = Literal["found", "ambiguous", "not_found", "invalid"]
 
@@ -107,7 +110,23 @@ class LookupResult(_Model):
     profile: dict[str, Any] | None = Field(
         None, description="The ScreenPopCard (view=card), or the full golden profile (view=full)."
     )
-    candidates: list[Candidate] | None = Field(None, description="Set when status is ambiguous.")
+    candidates: list[Candidate] | None = Field(
+        None,
+        max_length=MAX_CANDIDATES,
+        description=(
+            f"Set when status is ambiguous: the first {MAX_CANDIDATES} persons claiming the identifier, the most "
+            "touches first (an established customer before a run of one-touch profiles, e.g. a spammed phone), "
+            "then the most recent last touch, then by profile_id."
+        ),
+    )
+    candidates_total: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Set when status is ambiguous: how many persons claim the identifier, listed or not "
+            "(candidates_total - len(candidates) were left out)."
+        ),
+    )
     error: ErrorBody | None = Field(None, description="Set when status is invalid.")
 
 
@@ -211,9 +230,24 @@ _VIEW = {
     "description": "card (default): the screen-pop card; full: the whole golden profile.",
     "schema": {"type": "string", "enum": ["card", "full"], "default": "card"},
 }
+_MISDIRECTED = {
+    "421": _json(
+        "ErrorResponse",
+        "host_not_allowed: the server runs without tokens and the Host header is not localhost, 127.x.x.x or "
+        "[::1] (any port); a web page's name rebound to 127.0.0.1 cannot read profiles.",
+    ),
+}
 _ERRORS = {
     "400": _json("ErrorResponse", "The request is malformed; the message says what is wrong."),
     "401": _json("ErrorResponse", "No valid bearer token."),
+    **_MISDIRECTED,
+}
+_STORE_ERRORS = {
+    "503": _json(
+        "ErrorResponse",
+        "store_unavailable: Redis did not answer in time or cannot answer now (a lost connection, a "
+        "long script, a paused or loading server); retry later.",
+    ),
 }
 
 
@@ -237,7 +271,9 @@ def openapi(version: str) -> dict[str, Any]:
             "version": version,
             "description": (
                 "Who is this caller? Reads the live identity graph. Every endpoint but /healthz, /readyz "
-                "and /metrics needs `Authorization: Bearer <token>` (tokens come from IDSTREAM_API_TOKENS)."
+                "and /metrics needs `Authorization: Bearer <token>` (tokens come from IDSTREAM_API_TOKENS). "
+                "Without tokens the server listens on loopback only and answers only requests whose Host is "
+                "localhost, 127.x.x.x or [::1] (421 otherwise). A request body must be application/json (415)."
             ),
         },
         "components": {
@@ -259,6 +295,7 @@ def openapi(version: str) -> dict[str, Any]:
                         "200": _json("LookupResult", "found, or ambiguous (with candidates, no single profile)."),
                         "404": _json("LookupResult", "not_found: no person holds this identifier."),
                         **_ERRORS,
+                        **_STORE_ERRORS,
                     },
                 }
             },
@@ -275,6 +312,8 @@ def openapi(version: str) -> dict[str, Any]:
                         "200": _json("BatchLookupResponse", "One result per identifier, in order."),
                         **_ERRORS,
                         "413": _json("ErrorResponse", "The body is too large."),
+                        "415": _json("ErrorResponse", "The body is not Content-Type: application/json."),
+                        **_STORE_ERRORS,
                     },
                 }
             },
@@ -294,6 +333,7 @@ def openapi(version: str) -> dict[str, Any]:
                         "200": _json("ProfileResponse", "The live profile."),
                         "404": _json("ErrorResponse", "No such profile."),
                         **_ERRORS,
+                        **_STORE_ERRORS,
                     },
                 }
             },
@@ -312,6 +352,7 @@ def openapi(version: str) -> dict[str, Any]:
                         "200": _json("Explanation", "The evidence (give profile_id, or kind+value[+other_*])."),
                         "404": _json("ErrorResponse", "No such profile or identifier."),
                         **_ERRORS,
+                        **_STORE_ERRORS,
                     },
                 }
             },
@@ -338,7 +379,7 @@ def openapi(version: str) -> dict[str, Any]:
                     "summary": "Liveness (no token needed)",
                     "operationId": "health",
                     "security": [],
-                    "responses": {"200": {"description": "The server is up."}},
+                    "responses": {"200": {"description": "The server is up."}, **_MISDIRECTED},
                 }
             },
             "/readyz": {
@@ -349,6 +390,7 @@ def openapi(version: str) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Ready to answer lookups."},
                         "503": {"description": "Redis does not answer; the reason is in the body."},
+                        **_MISDIRECTED,
                     },
                 }
             },
@@ -357,7 +399,7 @@ def openapi(version: str) -> dict[str, Any]:
                     "summary": "Prometheus metrics: counts and timings, no personal data (no token needed)",
                     "operationId": "metrics",
                     "security": [],
-                    "responses": {"200": {"description": "The Prometheus text exposition format."}},
+                    "responses": {"200": {"description": "The Prometheus text exposition format."}, **_MISDIRECTED},
                 }
             },
         },

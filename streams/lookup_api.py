@@ -8,16 +8,23 @@
     GET  /v1/openapi.json                                (this description, from schemas/api.py)
     GET  /healthz, /readyz (Redis answers), /metrics     (no token: probes and Prometheus; no personal data)
 
-Every answer is described by the models in :mod:`schemas.api` (published as ``schemas/openapi.json``).
-Raw values are normalized exactly as in the stream. A lookup answers ``found`` (one person),
-``ambiguous`` (several persons claim the identifier, e.g. an office switchboard: ``candidates``
-lists them and no single profile is claimed), ``not_found`` (HTTP 404) or ``invalid`` (HTTP 400
-for a single lookup, an item status in a batch).
+Every answer is described by the models in :mod:`schemas.api` (published as
+``schemas/json/lookup-api.openapi.json``). Raw values are normalized exactly as in the stream. A lookup
+answers ``found`` (one person), ``ambiguous`` (several persons claim the identifier, e.g. an office
+switchboard: ``candidates`` lists the first :data:`~schemas.api.MAX_CANDIDATES` of them, most touches
+first, ``candidates_total`` counts them all, and no single profile is claimed), ``not_found`` (HTTP 404)
+or ``invalid`` (HTTP 400 for a single lookup, an item status in a batch).
 
 Every endpoint but the probes and ``/metrics`` needs ``Authorization: Bearer <token>`` with a token from
-``IDSTREAM_API_TOKENS``; without configured tokens the server runs open, and only on loopback.
+``IDSTREAM_API_TOKENS``; without configured tokens the server runs open, only on loopback, and answers
+only requests addressed to a loopback name (``Host: localhost``, ``127.x.x.x`` or ``[::1]``, any port):
+a web page whose name an attacker rebinds to 127.0.0.1 gets 421, not profiles. A POST's body must be
+``Content-Type: application/json`` (415 otherwise), so no page can send one without a CORS preflight.
 Nothing a client sends reaches Redis as anything but a script argument, and nothing it sends can
 end the server: every failure becomes a JSON error with a message that says what is wrong.
+Every Redis error is mapped by :mod:`streams.redis_errors`: one that can pass (a lost connection, a
+timeout, a busy script, a paused or loading server) answers 503 ``store_unavailable``. Redis calls wait
+at most ``ApiConfig.redis_timeout`` seconds, for the server or for one of the pool's connections.
 Access logs are off: queries carry phone numbers and e-mails.
 """
 
@@ -25,21 +32,22 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis
-import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import ValidationError
 
 from identity import (
     ConfigurationError,
     Identifier,
+    IdstreamError,
     InvalidInput,
     Normalizer,
     Rejection,
@@ -48,13 +56,14 @@ from identity import (
 )
 from identity.card import screen_pop, summary
 from identity.explain import explain
-from schemas.api import MAX_VALUE, BatchLookupRequest, openapi
+from schemas.api import MAX_CANDIDATES, MAX_VALUE, BatchLookupRequest, openapi
 from schemas.errors import field_path
 from schemas.export import API_VERSION
 from sinks.warehouse import connect as connect_warehouse
 from sinks.warehouse.report import ReportSettings, parse_day, render
 from streams.observe import LOOKUP_REQUESTS, LOOKUP_SECONDS, metrics_response
-from streams.reader import AsyncReader
+from streams.reader import AsyncReader, Ranked
+from streams.redis_errors import StoreError, async_client, mapped, sync_client
 from streams.redis_store import Found, RedisIdentityStore
 
 __all__ = ["ApiConfig", "check_exposure", "create_lookup_app"]
@@ -76,6 +85,11 @@ class ApiConfig:
     tokens: tuple[bytes, ...] = ()
     warehouse_url: str | None = None
     reports: ReportSettings = field(default_factory=ReportSettings)
+    #: Seconds a Redis call may take, and a lookup may wait for a free connection, before the API answers 503.
+    redis_timeout: float = 3.0
+    #: Redis connections of the process (each of the async pool and the explanations' sync pool): more
+    #: concurrent lookups queue for one instead of failing.
+    redis_connections: int = 64
 
 
 READER: web.AppKey[AsyncReader] = web.AppKey("reader", AsyncReader)
@@ -109,6 +123,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     except TransientError as exc:
         return _error(503, "store_unavailable", exc.message)
+    except StoreError:  # not the client's doing, and no retry fixes it: the operator's, with the reply logged
+        log.exception("redis refused answering %s %s", request.method, request.path)
+        return _error(500, "store_error", "the identity store refused the operation; it is logged")
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
         return _error(500, "internal_error", "the server failed to answer; it is logged")
@@ -164,6 +181,66 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
+def _loopback_host_header(header: str | None) -> bool:
+    """Does a ``Host`` header name a loopback address literally (``localhost``, ``127.x.x.x``, ``[::1]``, with
+    any port)? Never resolved: a rebinding attacker's own name resolves to 127.0.0.1, which is the attack."""
+    if not header:
+        return False
+    if header.startswith("["):  # [v6] or [v6]:port
+        end = header.find("]")
+        if end < 0:
+            return False
+        host, port = header[1:end], header[end + 1 :]
+        if port and not port.startswith(":"):
+            return False
+        port = port[1:]
+    elif header.count(":") > 1:  # a bare IPv6 address is not a valid Host
+        return False
+    else:
+        host, _, port = header.partition(":")
+    if port and not (port.isascii() and port.isdigit()):
+        return False
+    return host.lower() == "localhost" or _loopback_address(host)
+
+
+@web.middleware
+async def _addressed_to_loopback(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Open (no tokens), the API answers only requests addressed to loopback: DNS rebinding makes a web page's
+    own name point at 127.0.0.1, and the browser then sends that name as ``Host``."""
+    if request.app[CONFIG].tokens:
+        return await handler(request)
+    header = request.headers.get("Host")
+    if not _loopback_host_header(header):
+        shown = repr(header[:64]) if header else "none"
+        return _error(
+            421,
+            "host_not_allowed",
+            f"without IDSTREAM_API_TOKENS this server answers only requests addressed to localhost, 127.0.0.1 or "
+            f"[::1] (Host: {shown}); set tokens to serve it under another name",
+        )
+    return await handler(request)
+
+
+#: Methods whose body a handler reads.
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+@web.middleware
+async def _json_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body must say it is JSON: a web page can send text/plain (or no type) cross-origin without asking,
+    never application/json."""
+    if (
+        request.method in _WITH_BODY
+        and request.body_exists  # an empty POST is answered by its handler (a 400 that says what is missing)
+        and request.match_info.http_exception is None  # no such route or method: its own 404 or 405
+        and request.content_type != "application/json"  # aiohttp lowercases it, without parameters
+    ):
+        given = request.headers.get("Content-Type", "")
+        shown = repr(given[:64]) if given else "none"
+        return _error(415, "unsupported_media_type", f"the body must be Content-Type: application/json, not {shown}")
+    return await handler(request)
+
+
 # ----------------------------------------------------------------------------- answers
 
 
@@ -191,7 +268,7 @@ def _answer(
     found: Found | None,
     *,
     view: str,
-    others: dict[str, Any],
+    ranked: dict[tuple[str, ...], Ranked],
 ) -> dict[str, Any]:
     if isinstance(normalized, Rejection):
         error = {"code": normalized.reason, "message": normalized.message}
@@ -199,8 +276,14 @@ def _answer(
     if found is None:
         return {"status": "not_found", "kind": kind, "value": value}
     if found.ambiguous:
-        candidates = [summary(others[pid]) for pid in found.candidates if pid in others]
-        return {"status": "ambiguous", "kind": kind, "value": value, "candidates": candidates}
+        listed = ranked.get(found.candidates, Ranked(0, []))
+        return {
+            "status": "ambiguous",
+            "kind": kind,
+            "value": value,
+            "candidates": [summary(person.profile) for person in listed.first],
+            "candidates_total": listed.total,
+        }
     return {
         "status": "found",
         "kind": kind,
@@ -222,14 +305,11 @@ async def _resolve(request: web.Request, queries: Sequence[tuple[str, str]], vie
     valid = [n for n in normalized if isinstance(n, Identifier)]
     found = iter(await reader.identifiers(valid))
     results = [next(found) if isinstance(n, Identifier) else None for n in normalized]
-    contested = sorted({pid for f in results if f and f.ambiguous for pid in f.candidates})
-    others: dict[str, Any] = {}
-    if contested:
-        for pid, person in zip(contested, await reader.profiles(contested), strict=True):
-            if person is not None:
-                others[pid] = person.profile
+    # the candidates of each ambiguous identifier, ranked in Redis: only the first MAX_CANDIDATES come back whole
+    groups = list(dict.fromkeys(f.candidates for f in results if f and f.ambiguous and f.candidates))
+    ranked = dict(zip(groups, await reader.ranked(groups, MAX_CANDIDATES), strict=True))
     return [
-        _answer(kind, value, n, f, view=view, others=others)
+        _answer(kind, value, n, f, view=view, ranked=ranked)
         for (kind, value), n, f in zip(queries, normalized, results, strict=True)
     ]
 
@@ -304,8 +384,12 @@ async def explain_endpoint(request: web.Request) -> web.Response:
             if isinstance(ident, Rejection):
                 return _error(400, ident.reason, ident.message)
             asked[name] = ident
-    loop = asyncio.get_running_loop()
-    answer = await loop.run_in_executor(None, lambda: explain(store, store.policy, **asked))
+
+    def explained() -> dict[str, Any] | None:
+        with mapped("explain"):
+            return explain(store, store.policy, **asked)
+
+    answer = await asyncio.get_running_loop().run_in_executor(None, explained)
     if answer is None:
         return _error(404, "not_found", "no person holds this identifier or profile id")
     return _json(answer)
@@ -339,9 +423,10 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     try:
-        await request.app[READER].client.ping()
-    except (redis.RedisError, OSError) as exc:
-        return _json({"status": "not_ready", "reason": f"redis unavailable: {type(exc).__name__}"}, 503)
+        await request.app[READER].ping()
+    except IdstreamError as exc:  # mapped: a transient error, or one the operator must fix; neither is ready
+        cause = exc.__cause__ or exc
+        return _json({"status": "not_ready", "reason": f"redis unavailable: {type(cause).__name__}"}, 503)
     return _json({"status": "ready"})
 
 
@@ -358,24 +443,29 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def create_lookup_app(config: ApiConfig) -> web.Application:
     """The API as an aiohttp application; it opens its Redis connection pool on startup."""
-    app = web.Application(middlewares=[_unread_body_closes, _timed, _errors, _auth], client_max_size=MAX_BODY)
+    middlewares = [_unread_body_closes, _timed, _errors, _addressed_to_loopback, _auth, _json_bodies]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[CONFIG] = config
 
     async def connect(app: web.Application) -> None:
-        client = aioredis.Redis.from_url(config.redis_url)
+        # a bounded pool that waits for a free connection (a burst of lookups queues instead of failing), and
+        # a short timeout: a lookup answers 503 instead of waiting behind a stalled server
+        timeout, connections = config.redis_timeout, config.redis_connections
+        client = async_client(config.redis_url, timeout=timeout, max_connections=connections)
         app[READER] = AsyncReader(client, config.policy, config.normalizer, config.prefix)
         # explanations read a whole evidence group in a few round trips: a sync store, off the loop
-        app[STORE] = RedisIdentityStore(
-            redis.Redis.from_url(config.redis_url), config.policy, config.normalizer, config.prefix
-        )
+        sync = sync_client(config.redis_url, timeout=timeout, max_connections=connections)
+        app[STORE] = RedisIdentityStore(sync, config.policy, config.normalizer, config.prefix)
         if config.warehouse_url:
             app[WAREHOUSE] = connect_warehouse(config.warehouse_url)  # connects on first use
 
     async def disconnect(app: web.Application) -> None:
-        if READER in app:
+        if READER in app:  # a client given its pool leaves the pool open: close both
             await app[READER].client.aclose()
+            await app[READER].client.connection_pool.disconnect()
         if STORE in app:
             app[STORE].client.close()
+            app[STORE].client.connection_pool.disconnect()
         if WAREHOUSE in app:
             app[WAREHOUSE].dispose()
 
@@ -393,14 +483,37 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
     return app
 
 
+def _loopback_address(text: str) -> bool:
+    """Is ``text`` an IP address literal of loopback (127.0.0.0/8, ::1, ::ffff:127.x.x.x)?"""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
 def _is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    """Does serving on ``host`` listen on loopback only? A loopback address literal, or the name localhost when
+    every address it resolves to is loopback. Any other name is refused, whatever it resolves to now: what a
+    name means is up to DNS (``127.0.0.1.nip.io``), and one that does not resolve cannot be checked."""
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if _loopback_address(name):
+        return True
+    if name.lower() != "localhost":
+        return False
+    try:
+        found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(_loopback_address(str(info[4][0]).partition("%")[0]) for info in found)
 
 
 def check_exposure(host: str, tokens: Sequence[bytes]) -> None:
     """Refuse to serve without tokens anywhere but loopback."""
     if not tokens and not _is_loopback(host):
         raise ConfigurationError(
-            f"refusing to serve the lookup API on {host} without tokens: set IDSTREAM_API_TOKENS "
-            "(a JSON list of secrets of 16+ characters), or serve on 127.0.0.1"
+            f"refusing to serve the lookup API on {host!r} without tokens: set IDSTREAM_API_TOKENS "
+            "(a JSON list of secrets of 16+ characters), or serve on 127.0.0.1, ::1 or localhost"
         )

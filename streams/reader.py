@@ -3,20 +3,87 @@
 One script call (``streams/lua/read.lua``) per identifier or profile id, all of a batch in one
 pipelined round trip; rendering shares :func:`streams.redis_store.render_person` with the worker,
 so the API shows exactly what ``profiles.updates`` carries.
+
+The persons contesting an ambiguous identifier are ranked inside Redis (:data:`RANK_LUA`): only the
+first few come back whole, however many there are (a spammed phone gathers hundreds).
+Every Redis error is raised as :mod:`streams.redis_errors` maps it: a transient one (a lost connection,
+a timeout, a busy or paused server) as :class:`~identity.TransientError`, which the API answers with 503.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from importlib import resources
+from typing import Any, Final, NamedTuple
 
-import redis
 import redis.asyncio as aioredis
 
-from identity import Identifier, Normalizer, ResolutionPolicy, TransientError
+from identity import Identifier, Normalizer, ResolutionPolicy
+from streams.redis_errors import mapped
 from streams.redis_store import READ_KEY_NAMES, READ_LUA, Found, node_of, parse_read
 
-__all__ = ["AsyncReader"]
+__all__ = ["RANK_LUA", "AsyncReader", "Ranked"]
+
+#: The persons behind profile ids, most touches first, then the most recent last touch, then by id; the first
+#: ``ARGV[1]`` of them as the read script answers a profile id, and how many there are in all.
+#: KEYS: as read.lua's. ARGV[1]: how many to return whole; ARGV[2..]: (live or retired) profile ids.
+#: Returns {count of distinct live persons, {{person record, {aggregate or false per node}, {}, 0}, ...}}.
+RANK_LUA: Final = (
+    resources.files("streams").joinpath("lua").joinpath("common.lua").read_text(encoding="utf-8")
+    + r"""
+local person, pidx, redirect, agg = KEYS[2], KEYS[3], KEYS[4], KEYS[8]
+
+-- byte order, whatever the server's locale (Lua's < on strings uses strcoll)
+local function lt(a, b)
+  if a == b then return false end
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local limit = tonumber(ARGV[1])
+local rows, seen = {}, {}
+for i = 2, #ARGV do
+  local handle = live_handle(pidx, redirect, ARGV[i])
+  if handle and not seen[handle] then
+    seen[handle] = true
+    local record = redis.call("HGET", person, handle)
+    if record then
+      local aggs = person_aggs(agg, record)
+      local touches, last = 0, ""
+      for _, raw in ipairs(aggs) do
+        if raw then
+          local a = cjson.decode(raw)
+          if type(a.c) == "table" then
+            for _, n in pairs(a.c) do touches = touches + (tonumber(n) or 0) end
+          end
+          if type(a.l) == "table" and type(a.l[1]) == "string" and lt(last, a.l[1]) then last = a.l[1] end
+        end
+      end
+      rows[#rows + 1] = { touches, last, split(record, RS)[1], record, aggs }
+    end
+  end
+end
+table.sort(rows, function(x, y)
+  if x[1] ~= y[1] then return x[1] > y[1] end
+  if x[2] ~= y[2] then return lt(y[2], x[2]) end
+  return lt(x[3], y[3])
+end)
+local top = {}
+for i = 1, math.min(limit, #rows) do top[i] = { rows[i][4], rows[i][5], {}, 0 } end
+return { #rows, top }
+"""
+)
+
+
+class Ranked(NamedTuple):
+    """The first persons of a ranking (most relevant first), and how many persons were ranked in all."""
+
+    total: int
+    first: list[Found]
 
 
 class AsyncReader:
@@ -28,21 +95,22 @@ class AsyncReader:
         self.normalizer = normalizer
         self.keys = [f"{{{prefix}}}:{name}" for name in READ_KEY_NAMES]
         self._script = client.register_script(READ_LUA)
+        self._rank = client.register_script(RANK_LUA)
+
+    async def _calls(self, script: Any, calls: Sequence[Sequence[str | int]], what: str) -> list[Any]:
+        """Each call's answer: one script call, or all of them pipelined in one round trip."""
+        if not calls:
+            return []
+        with mapped(what):
+            if len(calls) == 1:
+                return [await script(keys=self.keys, args=list(calls[0]))]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for args in calls:
+                    await script(keys=self.keys, args=list(args), client=pipe)  # loaded by execute
+                return list(await pipe.execute())
 
     async def _run(self, requests: Sequence[tuple[str, str]]) -> list[Found | None]:
-        if not requests:
-            return []
-        try:
-            if len(requests) == 1:
-                mode, arg = requests[0]
-                raws: list[Any] = [await self._script(keys=self.keys, args=[mode, arg])]
-            else:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for mode, arg in requests:
-                        await self._script(keys=self.keys, args=[mode, arg], client=pipe)  # loaded by execute
-                    raws = await pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise TransientError(f"redis unavailable: {exc}") from exc
+        raws = await self._calls(self._script, requests, "lookup")
         return [parse_read(raw, self.policy) for raw in raws]
 
     async def identifiers(self, idents: Sequence[Identifier]) -> list[Found | None]:
@@ -53,5 +121,17 @@ class AsyncReader:
         """Live or retired profile ids -> their live person (``candidates`` is just the person)."""
         return await self._run([("pid", pid) for pid in profile_ids])
 
+    async def ranked(self, groups: Sequence[Sequence[str]], limit: int) -> list[Ranked]:
+        """For each group of profile ids (the candidates of an ambiguous identifier): its first ``limit``
+        persons, most touches first, then the most recent last touch, then by profile id; and how many
+        distinct live persons the group holds. Only the first ones are read whole."""
+        raws = await self._calls(self._rank, [(limit, *pids) for pids in groups], "candidates")
+        answers = []
+        for total, first in raws:
+            found = [parse_read(raw, self.policy) for raw in first or []]
+            answers.append(Ranked(int(total), [f for f in found if f is not None]))
+        return answers
+
     async def ping(self) -> bool:
-        return bool(await self.client.ping())
+        with mapped("ping"):
+            return bool(await self.client.ping())

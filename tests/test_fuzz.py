@@ -655,6 +655,8 @@ class LiveApi:
 
         async def go() -> Answer:
             sent = {**(self.headers if with_token else {}), **(headers or {})}
+            if data is not None:  # a body is JSON unless the test says otherwise (anything else: 415)
+                sent.setdefault("Content-Type", "application/json")
             async with self.client.request(method, path, params=params, data=data, headers=sent) as response:
                 return Answer(response.status, response.content_type, await response.read())
 
@@ -899,7 +901,8 @@ def test_a_body_leaves_the_connection_usable_or_the_answer_says_it_is_closing(
     """On a kept-alive connection the answer arrives whole, and then either ``Connection: close`` or the
     connection still answers: aiohttp's pooled clients reuse it, and a silent close fails their next request.
     A handler that never reads a body (a GET's) must not leave the connection to a body that cannot be read."""
-    request = request_line + b" HTTP/1.1\r\nHost: fuzz\r\n" + request_head + b"\r\n\r\n" + body
+    request = request_line + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + request_head
+    request += b"\r\n\r\n" + body
     with LiveApi(redis_url, api_store) as api:
         head, after = api.call(_kept_alive(api, request))
     assert head.startswith(b"HTTP/1.1 %d " % status), head
@@ -908,8 +911,9 @@ def test_a_body_leaves_the_connection_usable_or_the_answer_says_it_is_closing(
 
 def test_a_good_request_keeps_its_connection(api_store: RedisIdentityStore, redis_url: str) -> None:
     """The other side of the above: a batch read whole, or a GET without a body, does not cost a reconnect."""
-    batch = b"POST /v1/lookup/batch HTTP/1.1\r\nHost: fuzz\r\nContent-Length: %d\r\n\r\n%s" % (len(BATCH), BATCH)
-    lookup = b"GET /v1/lookup?kind=phone&value=89161234567 HTTP/1.1\r\nHost: fuzz\r\n\r\n"
+    batch = b"POST /v1/lookup/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    batch += b"Content-Length: %d\r\n\r\n%s" % (len(BATCH), BATCH)
+    lookup = b"GET /v1/lookup?kind=phone&value=89161234567 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     with LiveApi(redis_url, api_store) as api:
         for request in (batch, lookup):
             head, after = api.call(_kept_alive(api, request))
@@ -929,14 +933,14 @@ async def _kept_alive(api: LiveApi, request: bytes) -> tuple[bytes, bytes]:
         orjson.loads(await reader.readexactly(int(length.group(1))))  # JSON, whole
         if b"connection: close" in head.lower():
             return head, b""
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: fuzz\r\n\r\n")  # kept alive: it must answer
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # kept alive: it must answer
         return head, await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     finally:
         writer.close()
 
 
 def _http(method: bytes, target: bytes, headers: list[bytes], body: bytes = b"") -> bytes:
-    lines = [method + b" " + target + b" HTTP/1.1", b"Host: fuzz", b"Connection: close", *headers]
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close", *headers]
     if (body or method == b"POST") and not any(h.lower().startswith(b"transfer-encoding:") for h in headers):
         lines.append(b"Content-Length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
@@ -1013,7 +1017,7 @@ RAW_EXTREMES = [
     _http(b"GET", b"/healthz", [b"X-%d: %s" % (i, b"a" * 100) for i in range(200)]),
     _http(b"GET", b"/v1/profiles/" + b"%" * 50, []),
     _http(b"GET", b"/v1/profiles/%C0%AF..%C0%AF..%2F", []),
-    b"GET /healthz HTTP/9.9\r\nHost: fuzz\r\nConnection: close\r\n\r\n",
+    b"GET /healthz HTTP/9.9\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     b"GET /healthz\r\n\r\n",
 ]  # fmt: skip
 
