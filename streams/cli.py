@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import dataclasses
 import json
@@ -12,20 +13,24 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
+import threading
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
+import urllib.error
+import urllib.request
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
 import redis
 
-from identity import Identifier, IdstreamError, Normalizer, Touch
+from identity import Identifier, IdstreamError, Normalizer, Touch, TransientError
 from identity.attribution import MODELS
 from schemas import InvalidMessage, TouchEvent, decode_touch, export_schemas
 from streams.generate import GeneratedStream, generate
-from streams.observe import setup_logging
+from streams.observe import redact_url, setup_logging
 from streams.runtime import tune_gc
 from streams.runtime_state import Servers, forget, redis_url, remember, servers
 from streams.settings import Settings
@@ -109,7 +114,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def _store(settings: Settings) -> Any:
-    return settings.redis_store(redis.Redis.from_url(redis_url(settings)))
+    return settings.redis_store(settings.redis_client(redis_url(settings)))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -271,22 +276,198 @@ def _group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int:
         admin.close()
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    """Produce a JSON-lines file to a touch topic; with --wait, return once the workers consumed it all."""
+#: Undelivered events an error message names (by line number and event id; never by content).
+_SHOWN = 5
+
+
+def _event_id(value: bytes) -> str | None:
+    """The event id of a wire-format line, to name it in an error message (never an identifier value)."""
+    try:
+        event = json.loads(value)
+    except ValueError:
+        return None
+    event_id = event.get("event_id") if isinstance(event, dict) else None
+    return event_id[:64] if isinstance(event_id, str) else None
+
+
+def _kafka_reason(exc: BaseException) -> str:
+    name, text = type(exc).__name__, str(exc)[:200]  # kafka-python's errors start with their name
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+class _Deliveries:
+    """What a producer got acknowledged, and what it did not, counted by the producer's callbacks."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.total = self.delivered = self.undelivered = 0
+        self.pending: dict[int, bytes] = {}  # number -> value, sent and not yet acknowledged
+        self.first: list[tuple[int, bytes]] = []  # the undelivered with the lowest numbers, to name them
+        self.reasons: Counter[str] = Counter()  # error type -> how many
+        self.examples: dict[str, str] = {}  # error type -> one message
+        self.closed = False
+
+    def track(self, number: int, value: bytes, future: Any) -> None:
+        with self.lock:
+            self.pending[number] = value
+        future.add_callback(self._acknowledged, number)
+        future.add_errback(self._failed, number)
+
+    def _acknowledged(self, number: int, metadata: Any) -> None:
+        with self.lock:
+            if not self.closed and self.pending.pop(number, None) is not None:
+                self.delivered += 1
+
+    def _failed(self, number: int, exc: BaseException) -> None:
+        with self.lock:
+            value = self.pending.pop(number, None)
+            if not self.closed and value is not None:
+                self._fail(number, value, type(exc).__name__, _kafka_reason(exc))
+
+    def fail(self, number: int, value: bytes, kind: str, reason: str) -> None:
+        with self.lock:
+            self._fail(number, value, kind, reason)
+
+    def _fail(self, number: int, value: bytes, kind: str, reason: str) -> None:
+        self.undelivered += 1
+        self.reasons[kind] += 1
+        self.examples.setdefault(kind, reason)
+        if len(self.first) < _SHOWN or number < self.first[-1][0]:
+            bisect.insort(self.first, (number, value))
+            del self.first[_SHOWN:]
+
+    def give_up(self) -> None:
+        """Whatever is still unacknowledged counts as not delivered; later callbacks change nothing."""
+        with self.lock:
+            for number, value in sorted(self.pending.items()):
+                self._fail(number, value, "no answer", f"no acknowledgement within {self.timeout:g} s")
+            self.pending.clear()
+            self.closed = True
+
+    def failure(self, what: str, where: str) -> str:
+        """The error message: how many were not delivered, which (by line number and event id), and why."""
+        named = []
+        for number, value in self.first:
+            event_id = _event_id(value)
+            named.append(f"{what} {number}" + (f" (event_id {json.dumps(event_id)})" if event_id else ""))
+        more = self.undelivered - len(named)
+        why = "; ".join(f"{self.examples[kind]} ({n} events)" for kind, n in self.reasons.most_common(3))
+        return (
+            f"{self.undelivered} of {self.total} events were not delivered to {where}: "
+            f"{', '.join(named)}{f' and {more} more' if more else ''}. {self.delivered} delivered, each "
+            f"acknowledged by the broker. Why: {why}.\n"
+            "Events without an acknowledgement may still have reached the topic: sending the same lines again "
+            "is safe, the workers apply an event id once."
+        )
+
+
+def _producer(bootstrap: str, timeout: float) -> Any:
+    """A producer whose every send is acknowledged (acks=all) or reported failed within ``timeout`` seconds.
+
+    Not idempotent: kafka-python's idempotent producer leaves batches unexpired while the broker does
+    not answer, and the workers drop a redelivered event id anyway."""
     from kafka import KafkaProducer  # noqa: PLC0415
 
+    ms, linger = max(1000, round(timeout * 1000)), 5
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=linger,
+        delivery_timeout_ms=ms, request_timeout_ms=min(30_000, ms - linger), max_block_ms=ms, bootstrap_timeout_ms=ms,
+    )  # fmt: skip
+
+
+def _deliver(
+    producer: Any,
+    records: Iterable[tuple[str, int, bytes]],
+    timeout: float,
+    progress: Callable[[int], None] | None = None,
+) -> _Deliveries:
+    """Send (topic, number, value) records; wait for each acknowledgement, at most ``timeout`` s after the last send.
+
+    ``number`` names a record in error messages (a line number). No acknowledgement after the wait, a
+    send refused, or no metadata for the topic: counted as not delivered."""
+    from kafka.errors import KafkaError, KafkaTimeoutError  # noqa: PLC0415
+
+    report = _Deliveries(timeout)
+    stopped: tuple[str, str] | None = None  # once the broker gave no metadata in time: the rest is not sent
+    for topic, number, value in records:
+        report.total += 1
+        if stopped is not None:
+            report.fail(number, value, *stopped)
+            continue
+        try:
+            future = producer.send(topic, value)
+        except KafkaTimeoutError as exc:  # each further send would block as long again
+            stopped = (type(exc).__name__, f"not sent: {_kafka_reason(exc)}")
+            report.fail(number, value, *stopped)
+            continue
+        except KafkaError as exc:  # this record alone (too large, ...)
+            report.fail(number, value, type(exc).__name__, _kafka_reason(exc))
+            continue
+        report.track(number, value, future)
+        if progress is not None:
+            progress(report.total)
+    # the producer expires a batch delivery_timeout_ms after it was opened; a little slack for its timer
+    with contextlib.suppress(KafkaTimeoutError):
+        producer.flush(timeout=timeout + 5)
+    report.give_up()
+    return report
+
+
+def _close(producer: Any) -> None:
+    from kafka.errors import KafkaTimeoutError  # noqa: PLC0415
+
+    with contextlib.suppress(KafkaTimeoutError):  # records it could not finish were reported already
+        producer.close(timeout=5)
+
+
+def _ingest_records(path: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for each non-blank line, read as it comes (standard input streams)."""
+    for number, line in _lines(path):
+        value = line.rstrip(b"\r\n")
+        if value.strip():
+            yield number, value
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Produce a JSON-lines file to a touch topic, every event acknowledged by the broker; with --wait,
+    return once the workers consumed it all."""
+    from kafka.errors import KafkaError  # noqa: PLC0415
+
+    try:
+        total = None if args.file == "-" else sum(1 for _ in _ingest_records(args.file))
+    except OSError as exc:
+        print(f"idstream ingest: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     settings = Settings()
+    _logging(settings)
     found = servers(settings)
     topic = args.topic or settings.touch_topics[0]
-    lines = [line.rstrip(b"\r\n") for _, line in _lines(args.file) if line.strip()]
-    producer = KafkaProducer(bootstrap_servers=found.kafka, linger_ms=5, acks=1)
-    for i, line in enumerate(lines, 1):
-        producer.send(topic, line)
-        if i % 500 == 0 or i == len(lines):
-            _progress(i, len(lines))
-    producer.flush()
-    producer.close()
-    sys.stderr.write(f"\nproduced {len(lines)} events to {topic}\n")
+
+    def progress(done: int) -> None:
+        if done % 500 == 0 or done == total:
+            if total is None:
+                sys.stderr.write(f"\r{done} sent")
+                sys.stderr.flush()
+            else:
+                _progress(done, total)
+
+    try:
+        producer = _producer(found.kafka, args.delivery_timeout)
+    except KafkaError as exc:
+        print(f"idstream ingest: nothing sent, the broker at {found.kafka} does not answer: {_kafka_reason(exc)}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        records = ((topic, number, value) for number, value in _ingest_records(args.file))
+        report = _deliver(producer, records, args.delivery_timeout, progress)
+    finally:
+        _close(producer)
+    sys.stderr.write("\n")
+    if report.undelivered:
+        print(f"idstream ingest: {report.failure('line', topic)}", file=sys.stderr)
+        return 1
+    sys.stderr.write(f"delivered {report.delivered} events to {topic} (each acknowledged by the broker)\n")
     if args.wait:
         deadline = time.monotonic() + args.timeout
         while (lag := _group_lag(found.kafka, settings.app_id, settings.touch_topics)) > 0:
@@ -330,6 +511,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tokens,
         settings.warehouse_url,
         settings.report_settings(),
+        redis_timeout=settings.api_redis_timeout,
+        redis_connections=settings.api_redis_connections,
     )
     web.run_app(create_lookup_app(config), host=host, port=port, print=None, access_log=None)
     return 0
@@ -387,18 +570,17 @@ class _Service:
     """The accuracy harness's way through the running service: produce to Kafka, wait, read Redis."""
 
     def __init__(self, settings: Settings, timeout: float) -> None:
-        from kafka import KafkaProducer  # noqa: PLC0415
-
         self.settings, self.timeout = settings, timeout
         self.bootstrap = servers(settings).kafka
-        self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks=1)
+        self.producer = _producer(self.bootstrap, min(timeout, 120.0))
         self.store = _store(settings)
 
     def send(self, touches: Sequence[Touch]) -> None:
         topic = self.settings.touch_topics[0]
-        for touch in touches:
-            self.producer.send(topic, TouchEvent.from_touch(touch).model_dump_json().encode())
-        self.producer.flush()
+        records = ((topic, i, TouchEvent.from_touch(t).model_dump_json().encode()) for i, t in enumerate(touches, 1))
+        report = _deliver(self.producer, records, min(self.timeout, 120.0))
+        if report.undelivered:
+            raise TransientError(report.failure("event", topic))
         deadline = time.monotonic() + self.timeout
         while _group_lag(self.bootstrap, self.settings.app_id, self.settings.touch_topics) > 0:
             if time.monotonic() > deadline:
@@ -493,68 +675,223 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | N
         consumer.close()
 
 
+def _reachable(host: str) -> str:
+    """How this machine reaches a server listening on ``host`` (a wildcard address: by loopback)."""
+    if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 - compared, not bound
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _scrubber(settings: Settings) -> Callable[[str], str]:
+    """Replaces every configured secret, and any password in a URL, in text bound for the terminal."""
+    secrets = sorted({s for s in settings.secret_values() if len(s) >= 4}, key=len, reverse=True)
+
+    def scrub(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return redact_url(text)
+
+    return scrub
+
+
+class _UpFailed(Exception):
+    """`up` (or `demo`) cannot go on: a child exited or did not answer. The message says which, and why."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Child:
+    """A service `up` runs as a child process; its stderr goes on to ours (secrets scrubbed) and its tail is kept."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes]
+    probe: str | None  # a URL that answers 200 once the child has started
+    tail: deque[str]
+    reader: threading.Thread
+
+    @classmethod
+    def start(
+        cls, name: str, argv: list[str], env: dict[str, str], scrub: Callable[[str], str], probe: str | None
+    ) -> _Child:
+        process = subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], env=env, stderr=subprocess.PIPE)  # noqa: S603
+        tail: deque[str] = deque(maxlen=30)
+
+        def pump() -> None:
+            for raw in process.stderr or ():
+                line = scrub(raw.decode(errors="replace"))
+                tail.append(line)
+                with contextlib.suppress(OSError, ValueError):  # our stderr closed: keep the tail all the same
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+
+        reader = threading.Thread(target=pump, name=f"idstream-{argv[0]}-stderr", daemon=True)
+        reader.start()
+        return cls(name, argv, process, probe, tail, reader)
+
+    def exited(self, when: str = "") -> str | None:
+        """None while it runs; else which child stopped, how, and its last lines on stderr."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        self.reader.join(2)  # the lines it wrote just before it exited
+        how = f"exited with code {code}"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                how = f"was killed by {signal.Signals(-code).name}"
+        last = "".join(line if len(line) <= 400 else line[:400] + "...\n" for line in list(self.tail)[-12:]).strip()
+        said = f"its last words:\n{textwrap.indent(last, '    ')}" if last else "it wrote nothing on stderr"
+        return f"the {self.name} (`idstream {' '.join(self.argv)}`) {how}{when}; {said}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def reap(self) -> None:
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.reader.join(2)
+
+
+@dataclasses.dataclass
+class _Runtime:
+    found: Servers
+    children: list[_Child]
+
+    def check(self) -> None:
+        """Raise _UpFailed if any child has exited: a runtime with a dead worker or API must not look alive."""
+        for child in self.children:
+            why = child.exited()
+            if why is not None:
+                raise _UpFailed(why)
+
+
+def _answers(url: str) -> str | None:
+    """None when ``url`` answers 200; else what it answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own child's probe
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.read()[:200].decode(errors='replace')}"
+    except OSError as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def _await_start(children: list[_Child], timeout: float) -> None:
+    """Until every child with a probe answers it; _UpFailed as soon as a child exits, or at the timeout."""
+    deadline = time.monotonic() + timeout
+    waiting = {child.name: child.probe for child in children if child.probe}
+    answered: dict[str, str] = {}
+    while True:
+        for child in children:
+            why = child.exited(" during start-up")
+            if why is not None:
+                raise _UpFailed(why)
+        for name, probe in list(waiting.items()):
+            answer = _answers(probe)
+            if answer is None:
+                del waiting[name]
+            else:
+                answered[name] = answer
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            late = [f"the {name} did not answer {probe} within {timeout:g} s ({answered[name]})"
+                    for name, probe in waiting.items()]  # fmt: skip
+            raise _UpFailed("; ".join(late))
+        time.sleep(0.2)
+
+
+def _check_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise _UpFailed(
+            f"Redis at {redact_url(url)} does not answer: {type(exc).__name__}: {redact_url(str(exc))}"
+        ) from None
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
-def _runtime(settings: Settings) -> Iterator[tuple[Servers, subprocess.Popen[bytes]]]:
-    """Kafka and Redis (embedded unless configured), the topics, and one worker process."""
+def _runtime(settings: Settings, command: str, startup_timeout: float) -> Iterator[_Runtime]:
+    """Kafka and Redis (embedded unless configured), the topics, a worker, the lookup API, the warehouse (and
+    the webhook agent). Yields once they answer, having printed their addresses (no password); if a child
+    exits (during start-up or later) or does not answer in time, says which and why, stops everything, and
+    raises _UpFailed."""
     from streams.app import ensure_topics  # noqa: PLC0415
     from streams.embedded import ChildServer, free_port, start_broker, start_redis  # noqa: PLC0415
 
-    children: list[ChildServer] = []
-    processes: list[subprocess.Popen[bytes]] = []
+    servers_started: list[ChildServer] = []
+    children: list[_Child] = []
+    remembered = False
     workdir = Path(tempfile.mkdtemp(prefix="idstream-up-"))
+    scrub = _scrubber(settings)
     try:
         kafka = settings.kafka_bootstrap_servers
         if not kafka:
-            children.append(start_broker(workdir / "broker"))
-            kafka = children[-1].url
+            servers_started.append(start_broker(workdir / "broker"))
+            kafka = servers_started[-1].url
         redis_url = settings.redis_url
         if not redis_url:
-            children.append(start_redis(workdir / "redis", appendonly=True))
-            redis_url = children[-1].url
+            servers_started.append(start_redis(workdir / "redis", appendonly=True))
+            redis_url = servers_started[-1].url
+        _check_redis(redis_url)
         ensure_topics(settings, kafka)
         found = Servers(kafka, redis_url, os.getpid())
         remember(settings.state_file, found)
+        remembered = True
         env = {**os.environ, "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka, "IDSTREAM_REDIS_URL": redis_url}
         # a terminal, not a log pipeline: warnings as text, unless the operator asked for more
         env.setdefault("IDSTREAM_LOG_FORMAT", "text")
         env.setdefault("IDSTREAM_LOG_LEVEL", "WARNING")
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
-        port = free_port()
-        argv = [sys.executable, "-m", "streams.cli", "serve", "--port", str(port)]  # our own module, our port
-        server = subprocess.Popen(argv, env=env)  # noqa: S603
-        # the warehouse (SQLite by default: the demo needs no database server)
-        warehouse = subprocess.Popen([sys.executable, "-m", "streams.cli", "warehouse"], env=env)
-        processes = [worker, server, warehouse]
+        # the worker's /healthz tells it started; on a port of its own unless one was configured
+        metrics_port = settings.metrics_port if "metrics_port" in settings.model_fields_set else free_port()
+        worker_env = {**env, "IDSTREAM_METRICS_PORT": str(metrics_port)}
+        probe = f"http://{_reachable(settings.metrics_host)}:{metrics_port}/healthz"
+        children.append(_Child.start("worker", ["worker"], worker_env, scrub, probe))
+        api_port = free_port()
+        lookup = f"http://{_reachable(settings.api_host)}:{api_port}"
+        children.append(_Child.start("lookup API", ["serve", "--port", str(api_port)], env, scrub, lookup + "/readyz"))
+        # the warehouse (SQLite by default: the demo needs no database server); it serves no probe
+        children.append(_Child.start("warehouse", ["warehouse"], env, scrub, None))
         if settings.webhooks:
-            processes.append(subprocess.Popen([sys.executable, "-m", "streams.cli", "webhooks"], env=env))
-        print(f"kafka={kafka} redis={redis_url} lookup=http://127.0.0.1:{port}", flush=True)
-        yield found, worker
+            children.append(_Child.start("webhook agent", ["webhooks"], env, scrub, None))
+        _await_start(children, startup_timeout)
+        print(f"kafka={redact_url(kafka)} redis={redact_url(redis_url)} lookup={lookup}", flush=True)
+        yield _Runtime(found, children)
+    except _UpFailed as exc:
+        print(f"idstream {command}: {exc}\nidstream {command}: stopping", file=sys.stderr, flush=True)
+        raise
     finally:
         # a second Ctrl-C must not cut the cleanup short and leave servers running
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for child in reversed(children):
+        for child in children:
             child.stop()
-        forget(settings.state_file)
+        for child in children:
+            child.reap()
+        for server in reversed(servers_started):
+            server.stop()
+        if remembered:
+            forget(settings.state_file)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start (or connect to) Kafka and Redis, create topics, run a worker; serve until Ctrl-C."""
+    """Start (or connect to) Kafka and Redis, create topics, run a worker, the lookup API and the warehouse
+    until Ctrl-C; exit 1 (stopping the rest) as soon as one of them exits."""
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        with _runtime(Settings()) as (_, worker):
-            code = worker.wait()
-            print(f"worker exited with {code}", file=sys.stderr)
-            return code
+        with _runtime(Settings(), "up", args.startup_timeout) as runtime:
+            while True:
+                runtime.check()
+                time.sleep(0.5)
+    except _UpFailed:
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -576,52 +913,59 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """`up`, plus a generated stream of persons ingested and a short tour of the result."""
-    from kafka import KafkaProducer  # noqa: PLC0415
-
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     settings = Settings()
     try:
-        with _runtime(settings) as (found, worker):
+        with _runtime(settings, "demo", args.startup_timeout) as runtime:
+            found = runtime.found
             stream = generate(args.persons, args.seed)
             values = [TouchEvent.from_touch(t).model_dump_json().encode() for t in stream.touches]
             values.insert(len(values) // 2, b'{"event_id": "broken-1", "type": "call"}')
             started = time.monotonic()
-            producer = KafkaProducer(bootstrap_servers=found.kafka, linger_ms=5, acks=1)
-            for i, value in enumerate(values, 1):
-                producer.send(settings.touch_topics[i % len(settings.touch_topics)], value)
-            producer.flush()
-            producer.close()
+            topics = settings.touch_topics
+            _produce(found, ((topics[i % len(topics)], i, value) for i, value in enumerate(values, 1)))
             print(f"ingesting {len(values)} events for {stream.persons} generated persons ...", flush=True)
             while _group_lag(found.kafka, settings.app_id, settings.touch_topics) > 0:
-                if worker.poll() is not None:
-                    return worker.returncode or 1
+                runtime.check()
                 time.sleep(0.5)
             _tour(settings, found, events=len(values), seconds=time.monotonic() - started, stream=stream)
-            _channels(settings, found, stream, args.seed)
-            return worker.wait()
+            _channels(settings, runtime, stream, args.seed)
+            while True:
+                runtime.check()
+                time.sleep(0.5)
+    except _UpFailed:
+        return 1
     except KeyboardInterrupt:
         return 0
 
 
-def _channels(settings: Settings, found: Servers, stream: GeneratedStream, seed: int) -> None:
-    """Produce the generated ad spend, wait for the warehouse to catch up, print the channel report."""
-    from kafka import KafkaProducer  # noqa: PLC0415
+def _produce(found: Servers, records: Iterable[tuple[str, int, bytes]], timeout: float = 120.0) -> None:
+    """Every record acknowledged by the broker, or _UpFailed naming what was not."""
+    producer = _producer(found.kafka, timeout)
+    try:
+        report = _deliver(producer, records, timeout)
+    finally:
+        _close(producer)
+    if report.undelivered:
+        raise _UpFailed(report.failure("event", "the broker"))
 
+
+def _channels(settings: Settings, runtime: _Runtime, stream: GeneratedStream, seed: int) -> None:
+    """Produce the generated ad spend, wait for the warehouse to catch up, print the channel report."""
     from sinks.warehouse import connect  # noqa: PLC0415
     from sinks.warehouse.report import render  # noqa: PLC0415
     from streams.generate import ad_spend  # noqa: PLC0415
 
-    producer = KafkaProducer(bootstrap_servers=found.kafka, acks=1)
-    for body in ad_spend(stream, seed):
-        producer.send(settings.spend_topic, json.dumps(body).encode())
-    producer.flush()
-    producer.close()
+    found = runtime.found
+    spend = enumerate(ad_spend(stream, seed), 1)
+    _produce(found, ((settings.spend_topic, i, json.dumps(body).encode()) for i, body in spend))
     topics = [*settings.touch_topics, settings.profiles_topic, settings.spend_topic]
     deadline = time.monotonic() + 120
     while _group_lag(found.kafka, f"{settings.app_id}-warehouse", topics) > 0 and time.monotonic() < deadline:
+        runtime.check()
         time.sleep(0.5)
     report = settings.report_settings().report(connect(settings.warehouse_url), None, None, None)
-    print(f"\nthe warehouse ({settings.warehouse_url}), as a BI tool sees it:\n{render(report, 'table')}")
+    print(f"\nthe warehouse ({redact_url(settings.warehouse_url)}), as a BI tool sees it:\n{render(report, 'table')}")
     print("  idstream report channels --model linear --format csv\n  idstream report channels --plot channels.png")
 
 
@@ -656,6 +1000,23 @@ Ctrl-C stops everything.""",
     )
 
 
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not 1 <= seconds <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text}: give seconds from 1 to 86400")
+    return seconds
+
+
+def _startup_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--startup-timeout",
+        type=_positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long the worker and the lookup API may take to answer before it gives up (default 60)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idstream", description="Real-time identity resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -676,11 +1037,13 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.set_defaults(func=cmd_resolve)
 
     up = sub.add_parser("up", help="start the embedded runtime (or use configured servers) and a worker")
+    _startup_timeout(up)
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="up, plus a generated stream ingested and a short tour")
     demo.add_argument("--persons", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=1)
+    _startup_timeout(demo)
     demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("generate", help="write a realistic synthetic touch stream as JSON lines")
@@ -707,7 +1070,16 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("file", help="path, or - for standard input")
     ingest.add_argument("--topic", help="default: the first touch topic")
     ingest.add_argument("--wait", action="store_true", help="return once the workers processed everything")
-    ingest.add_argument("--timeout", type=float, default=600.0)
+    ingest.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits for the workers")
+    ingest.add_argument(
+        "--delivery-timeout",
+        type=_positive_seconds,
+        default=120.0,
+        metavar="SECONDS",
+        help="each event must be acknowledged by the broker within this many seconds of its send (and the "
+        "command waits at most this long after the last line); else it exits 1 naming what was not delivered "
+        "(default 120)",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     crm = sub.add_parser("crm-mirror", help="example subscriber: mirror profiles.updates into SQLite")

@@ -229,12 +229,14 @@ def setup_logging(fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else _TextFormatter(secrets))
     handler.addFilter(_OwnDebugOnly())
-    for name in THIRD_PARTY_LOGGERS:  # not even formatted: their debug records are dropped anyway
-        logging.getLogger(name).setLevel(logging.INFO)
     root = logging.getLogger()
     root.handlers.clear()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # not even formatted: their debug records are dropped anyway; and a logger's own level is what holds a
+    # propagated record back (the root's is not consulted), so at WARNING theirs is WARNING too
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
     if root.level > logging.DEBUG:  # kafka-python says "IO loop starting" at INFO on every connection
         logging.getLogger("kafka").setLevel(max(root.level, logging.WARNING))
     logging.captureWarnings(True)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from identity import ConfigurationError
 from streams.settings import Settings
 
-__all__ = ["Servers", "forget", "redis_url", "remember", "servers"]
+__all__ = ["Servers", "forget", "private_directory", "redis_url", "remember", "servers"]
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,31 @@ def redis_url(settings: Settings) -> str:
     return servers(settings).redis
 
 
+def private_directory(path: Path) -> None:
+    """Create ``path`` and its missing parents, readable by the owner alone (0700); existing ones stay as they are."""
+    missing: list[Path] = []
+    directory = path
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
 def remember(path: Path, state: Servers) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(state)), encoding="utf-8")
+    """Record where `up`'s servers are, for the other commands: readable by the owner alone (it holds the
+    Redis URL, password included). Written 0600 under a temporary name and renamed over the old file, so no
+    one else can ever open it; a directory created for it is 0700."""
+    private_directory(path.parent)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(asdict(state), out)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def forget(path: Path) -> None:

@@ -75,3 +75,15 @@ def test_schema_export(tmp_path: Path) -> None:
     schema = json.loads((tmp_path / "touch-event.v1.json").read_text(encoding="utf-8"))
     assert schema["title"] == "TouchEvent"
     assert set(schema["required"]) == {"event_id", "type", "occurred_at", "source", "identifiers"}
+
+
+def test_ingest_refuses_a_delivery_timeout_out_of_range_and_a_file_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for seconds in ("0", "-5", "nan", "100000"):
+        with pytest.raises(SystemExit) as exited:
+            main(["ingest", "events.jsonl", "--delivery-timeout", seconds])
+        assert exited.value.code == 2
+        assert "--delivery-timeout" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "missing.jsonl")]) == 2
+    assert "idstream ingest: cannot read" in capsys.readouterr().err

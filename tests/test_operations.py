@@ -26,7 +26,7 @@ from kafka import KafkaProducer
 from identity import Identifier, IdentityGraph, Touch
 from streams.embedded import free_port, start_broker, start_redis
 from streams.generate import generate
-from streams.observe import JsonFormatter
+from streams.observe import THIRD_PARTY_LOGGERS, JsonFormatter, setup_logging
 from streams.redis_store import RedisIdentityStore
 from tests.conftest import touch
 from tests.e2e import ROOT, Deployment, reference, unique, wait_for, wire
@@ -339,6 +339,35 @@ def test_the_formatter_scrubs_secrets_even_when_code_logs_them() -> None:
     assert line["msg"] == "failed with *** at redis://:***@redis:6379/0"
     assert line["event_id"] == "e-1"
     assert line["level"] == "error"
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING"])
+def test_third_party_records_follow_the_level_asked_and_never_go_below_info(
+    level: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At WARNING an operator sees no aiokafka chatter; at DEBUG only idstream's own debug records (aiokafka's
+    debug records carry whole produced messages)."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, {n: logging.getLogger(n).level for n in THIRD_PARTY_LOGGERS})
+    try:
+        setup_logging("json", level)
+        logging.getLogger("aiokafka.producer").debug("payload +79165550102")
+        logging.getLogger("aiokafka.conn").info("connected")
+        logging.getLogger("aiokafka.conn").warning("broker gone")
+        logging.getLogger("idstream.worker").debug("own debug")
+        logging.getLogger("idstream.worker").info("own info")
+        printed = [json.loads(line)["msg"] for line in capsys.readouterr().err.splitlines()]
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, was in saved[2].items():
+            logging.getLogger(name).setLevel(was)
+    expected = {
+        "DEBUG": ["connected", "broker gone", "own debug", "own info"],
+        "INFO": ["connected", "broker gone", "own info"],
+        "WARNING": ["broker gone"],
+    }
+    assert printed == expected[level]
 
 
 def test_the_lookup_api_refuses_without_a_token_and_logs_json_without_secrets(tmp_path: Path) -> None:

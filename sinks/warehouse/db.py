@@ -29,7 +29,8 @@ def connect(url: str) -> Engine:
     if url.startswith("sqlite"):
         database = url.split("///", 1)[1] if "///" in url else ""
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # the warehouse holds personal data: a folder created for it is the owner's alone
+            Path(database).expanduser().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             url = "sqlite:///" + str(Path(database).expanduser())
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 

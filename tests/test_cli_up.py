@@ -1,0 +1,208 @@
+"""`idstream up` as an operator runs it: no password on the terminal, a private state file, and a clear stop
+when one of its children (the worker, the lookup API) exits. Real servers and child processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streams.embedded import start_redis
+from streams.runtime_state import Servers, remember
+from tests.e2e import ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own loopback server
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def up_env(kafka: str, redis_url: str, tmp: Path) -> dict[str, str]:
+    """A deployment of its own on the shared broker: its group, topics, key prefix, warehouse, state file."""
+    tag = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDSTREAM_")}
+    return {
+        **env, "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka, "IDSTREAM_REDIS_URL": redis_url,
+        "IDSTREAM_APP_ID": f"idstream-up-{tag}", "IDSTREAM_TOUCH_TOPICS": json.dumps([f"touches-{tag}"]),
+        "IDSTREAM_PROFILES_TOPIC": f"profiles-{tag}", "IDSTREAM_CHANGES_TOPIC": f"changes-{tag}",
+        "IDSTREAM_DLQ_TOPIC": f"dlq-{tag}", "IDSTREAM_TRIGGERS_TOPIC": f"triggers-{tag}",
+        "IDSTREAM_WEBHOOK_DLQ_TOPIC": f"wdlq-{tag}", "IDSTREAM_SPEND_TOPIC": f"spend-{tag}",
+        "IDSTREAM_WAREHOUSE_DLQ_TOPIC": f"whdlq-{tag}", "IDSTREAM_REDIS_PREFIX": f"up-{tag}",
+        "IDSTREAM_TOPIC_PARTITIONS": "1", "IDSTREAM_STATE_FILE": str(tmp / "runtime.json"),
+        "IDSTREAM_WAREHOUSE_URL": f"sqlite:///{tmp / 'warehouse.db'}",
+    }  # fmt: skip
+
+
+def processes_of(env: dict[str, str]) -> list[str]:
+    """Command lines of the live processes started with this deployment's environment (`up` and its children)."""
+    marker = f"IDSTREAM_APP_ID={env['IDSTREAM_APP_ID']}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+class Up:
+    """`idstream up` in the background: its stdout lines as they come, its stderr in a file."""
+
+    def __init__(self, env: dict[str, str], tmp: Path, *args: str) -> None:
+        self.err_path = tmp / "up.stderr"
+        with self.err_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "up", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                stderr=err,
+            )  # fmt: skip
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.decode(errors="replace"))
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(encoding="utf-8", errors="replace")
+
+    def first_line(self, timeout: float) -> str:
+        def ready() -> str | None:
+            if self.lines:
+                return self.lines[0]
+            assert self.process.poll() is None, f"up exited with {self.process.returncode}:\n{self.stderr}"
+            return None
+
+        line: str = wait_for(ready, timeout, "up to print its addresses")
+        return line
+
+    def wait(self, timeout: float) -> int:
+        code = self.process.wait(timeout)
+        self.reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def test_up_prints_no_password_keeps_its_state_file_private_and_stops_on_ctrl_c(kafka: str, tmp_path: Path) -> None:
+    password = "up-redis-pass-6d2e9a41c7"  # noqa: S105 - a test secret, looked for in the output
+    with start_redis(tmp_path / "redis", password=password) as server:
+        env = up_env(kafka, server.url, tmp_path)
+        state = tmp_path / "private" / "idstream" / "runtime.json"  # neither directory exists yet
+        env["IDSTREAM_STATE_FILE"] = str(state)
+        up = Up(env, tmp_path)
+        try:
+            line = up.first_line(120)
+            assert password not in line
+            assert f"redis=redis://:***@127.0.0.1:{server.port}/0" in line
+            assert f"kafka={kafka}" in line
+            found = re.search(r"lookup=(http://\S+)", line)
+            assert found, line
+            assert status(found[1] + "/readyz") == 200  # printed once it answers
+
+            assert stat.S_IMODE(state.stat().st_mode) == 0o600
+            assert stat.S_IMODE(state.parent.stat().st_mode) == 0o700
+            assert stat.S_IMODE(state.parent.parent.stat().st_mode) == 0o700
+            assert [p.name for p in state.parent.iterdir()] == ["runtime.json"]  # no temporary left behind
+            assert json.loads(state.read_text(encoding="utf-8"))["redis"] == server.url  # what other commands need
+            # another terminal's command finds Redis (password and all) through the state file
+            elsewhere = {
+                k: v for k, v in env.items() if k not in ("IDSTREAM_REDIS_URL", "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS")
+            }
+            export = subprocess.run([sys.executable, "-m", "streams.cli", "export"], env=elsewhere, cwd=ROOT,
+                                    capture_output=True, timeout=60, check=False)  # fmt: skip
+            assert export.returncode == 0, export.stderr
+            up.process.send_signal(signal.SIGINT)
+            assert up.wait(60) == 0, up.stderr
+        finally:
+            up.kill()
+        assert not state.exists()
+        assert password not in "".join(up.lines) + up.stderr
+        assert processes_of(env) == [], "up left children running"
+
+
+def test_up_stops_with_the_reason_when_the_lookup_api_refuses_to_start(
+    kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = up_env(kafka, redis_url, tmp_path)
+    env["IDSTREAM_API_HOST"] = "0.0.0.0"  # noqa: S104 - without tokens, `serve` refuses by design
+    up = Up(env, tmp_path)
+    try:
+        code = up.wait(120)
+    finally:
+        up.kill()
+    stderr = up.stderr
+    assert code == 1, stderr
+    assert up.lines == [], "no addresses printed: the lookup API never answered"
+    assert "idstream up: the lookup API (`idstream serve --port" in stderr
+    assert "exited with code 2 during start-up; its last words:" in stderr
+    assert re.search(r"\n    idstream: refusing to serve the lookup API on \W?0\.0\.0\.0\W? without tokens", stderr)
+    assert "idstream up: stopping" in stderr
+    assert not Path(env["IDSTREAM_STATE_FILE"]).exists()
+    assert processes_of(env) == [], "up left children running"
+
+
+def test_up_stops_when_its_worker_dies_later(kafka: str, redis_url: str, tmp_path: Path) -> None:
+    env = up_env(kafka, redis_url, tmp_path)
+    up = Up(env, tmp_path)
+    try:
+        up.first_line(120)
+        marker = f"IDSTREAM_APP_ID={env['IDSTREAM_APP_ID']}".encode()
+        workers = [
+            int(proc.name)
+            for proc in Path("/proc").iterdir()
+            if proc.name.isdigit()
+            and b"streams.cli\0worker" in _read(proc / "cmdline")
+            and marker in _read(proc / "environ").split(b"\0")
+        ]
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        code = up.wait(120)
+    finally:
+        up.kill()
+    assert code == 1, up.stderr
+    assert "idstream up: the worker (`idstream worker`) was killed by SIGKILL" in up.stderr
+    assert processes_of(env) == [], "up left children running"
+    assert not Path(env["IDSTREAM_STATE_FILE"]).exists()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def test_the_state_file_replaces_an_older_readable_one_with_a_private_one(tmp_path: Path) -> None:
+    state = tmp_path / "runtime.json"
+    state.write_text("{}", encoding="utf-8")
+    state.chmod(0o644)  # as earlier versions left it
+    directory_mode = stat.S_IMODE(tmp_path.stat().st_mode)
+    remember(state, Servers("127.0.0.1:9092", "redis://:secret-pass@127.0.0.1:6379/0", 1))
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert json.loads(state.read_text(encoding="utf-8"))["redis"] == "redis://:secret-pass@127.0.0.1:6379/0"
+    assert [p.name for p in tmp_path.iterdir()] == ["runtime.json"]
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == directory_mode  # an existing directory is left as it is
