@@ -572,13 +572,14 @@ class _Service:
     def __init__(self, settings: Settings, timeout: float) -> None:
         self.settings, self.timeout = settings, timeout
         self.bootstrap = servers(settings).kafka
-        self.producer = _producer(self.bootstrap, min(timeout, 120.0))
+        self.delivery_timeout = min(timeout, 120.0)
+        self.producer = _producer(self.bootstrap, self.delivery_timeout)
         self.store = _store(settings)
 
     def send(self, touches: Sequence[Touch]) -> None:
         topic = self.settings.touch_topics[0]
         records = ((topic, i, TouchEvent.from_touch(t).model_dump_json().encode()) for i, t in enumerate(touches, 1))
-        report = _deliver(self.producer, records, min(self.timeout, 120.0))
+        report = _deliver(self.producer, records, self.delivery_timeout)
         if report.undelivered:
             raise TransientError(report.failure("event", topic))
         deadline = time.monotonic() + self.timeout
