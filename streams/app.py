@@ -13,10 +13,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import faust
@@ -132,8 +130,6 @@ def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
         app_id,
         broker=f"kafka://{bootstrap}",
         store="memory://",
-        # Faust makes "<app id>-data/v1" in the working directory though idstream keeps no tables: elsewhere
-        datadir=str(Path(tempfile.gettempdir()) / "idstream-faust" / app_id),
         processing_guarantee="at_least_once",
         table_standby_replicas=0,  # no tables: the simple round-robin assignor
         topic_partitions=settings.topic_partitions,
