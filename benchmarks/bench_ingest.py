@@ -136,16 +136,16 @@ def main() -> None:
         ref_s = min(ref_json_s, ref_orjson_s)
 
         client = redis.Redis.from_url(d.redis_url)
-        seen_key = f"{{{settings.redis_prefix}}}:seen"
+        applied = settings.redis_store(client)
         redis_cpu = client.info("cpu")
         say("worker: starting")
         worker = d.start_worker()
-        wait_for(lambda: client.exists(seen_key), 120, "the worker to apply its first batch", every=0.01)
+        wait_for(lambda: applied.applied_events() > 0, 120, "the worker to apply its first batch", every=0.01)
         start = time.perf_counter()
         cpu0, broker0 = cpu_seconds(worker.pid), cpu_seconds(d.broker_pid)
         say("worker: ingesting")
         with py_spy(worker.pid, args.py_spy):
-            wait_for(lambda: client.scard(seen_key) >= distinct, args.timeout, "every event applied", every=0.1)
+            wait_for(lambda: applied.applied_events() >= distinct, args.timeout, "every event applied", every=0.1)
             applied_s = time.perf_counter() - start
             wait_for(lambda: _group_lag(d.kafka, settings.app_id, [topic]) == 0, 120, "the commit", every=0.1)
         worker_s = time.perf_counter() - start

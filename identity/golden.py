@@ -29,7 +29,17 @@ from identity.attribution import LEAD_TYPES, Channel, ChannelRanks, PathStep, at
 from identity.policy import ResolutionPolicy
 from identity.touch import KEY_TIME_DIGITS, AttributeValue, Touch, TouchType, key_text
 
-__all__ = ["MAX_ATTRIBUTES", "MAX_DEALS", "MAX_INTERESTS", "MAX_VALUE_CHARS", "Golden", "contribution", "fit", "render"]
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_DEALS",
+    "MAX_INTERESTS",
+    "MAX_VALUE_CHARS",
+    "Golden",
+    "Stored",
+    "contribution",
+    "fit",
+    "render",
+]
 
 #: Caps of the golden profile as served (profiles.updates and the lookup API): one person's profile stays a
 #: bounded message however many distinct pages, attributes or deals its touches carry. What a cap leaves out
@@ -155,6 +165,10 @@ class Golden:
             path.insert(bisect.bisect_left(path, key, key=_step_key), (key, channel))
             if len(path) > path_keep:
                 path.pop()
+
+    def last_key(self) -> EventKey | None:
+        """The key of the newest contact folded in, if any."""
+        return self.last[0] if self.last is not None else None
 
     def serialize(self) -> dict[str, Any]:
         """The aggregate in the store-neutral form that :func:`render` reads (see :func:`contribution`)."""
@@ -459,3 +473,92 @@ def _deal(deal: dict[str, Any], created: str | None, path: _Path, policy: Resolu
     deal["created_at"] = _key_time(created)
     deal["attribution"] = path.credits(created) if created is not None else None
     return deal
+
+
+def _insert(items: list[list[Any]], entry: list[Any]) -> None:
+    """Insert ``entry`` into ``items``, ascending by their first element (a key text), after equal ones."""
+    i = len(items)
+    key = entry[0]
+    while i > 0 and key < items[i - 1][0]:
+        i -= 1
+    items.insert(i, entry)
+
+
+class Stored:
+    """A golden aggregate held in the store-neutral form and folded in place: what a stored unit keeps.
+
+    The same fold as :class:`Golden` (the contract tests hold their profiles equal), over plain data a
+    store can write and read back, so a worker can load a person's aggregates, fold a batch into them and
+    commit them again.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self.data: dict[str, Any] = (
+            data if data is not None else {"a": {}, "c": {}, "pj": {}, "pg": {}, "r": [], "d": {}}
+        )
+
+    def add(self, touch: Touch, key: EventKey, trust: int, keep: int, *, points: int = 0, path_keep: int = 0) -> None:
+        self.fold(contribution(touch, key, trust, points), keep, path_keep)
+
+    def fold(self, c: dict[str, Any], keep: int, path_keep: int) -> None:
+        """Fold one contribution (see :func:`contribution`) in."""
+        a = self.data
+        k = c["k"]
+        attributes = a["a"]
+        for name, payload in c["attrs"].items():
+            held = attributes.get(name)
+            if held is None or held[0] < c["rank"]:
+                attributes[name] = [c["rank"], payload]
+        if "pts" in c:
+            a["s"] = a.get("s", 0) + c["pts"]
+        deal = c.get("deal")
+        if deal is not None:
+            deals = a["d"]
+            held = deals.get(deal[0])
+            if held is None or held[0] < k:
+                deals[deal[0]] = [k, deal[1]]
+            created = a.setdefault("dc", {})
+            born = created.get(deal[0])
+            if born is None or k < born:
+                created[deal[0]] = k
+        kind = c.get("type")
+        if kind is None:
+            return
+        channel = c.get("ch")
+        if channel is not None:
+            a["mn"] = a.get("mn", 0) + 1
+            path = a.setdefault("m", [])
+            if len(path) < path_keep or (path and k < path[-1][0]):
+                _insert(path, [k, *channel])
+                del path[path_keep:]
+            if "lead" in c and ("ld" not in a or k < a["ld"]):
+                a["ld"] = k
+        counts = a["c"]
+        counts[kind] = counts.get(kind, 0) + 1
+        for name, short in (("project", "pj"), ("page", "pg")):
+            value = c.get(name)
+            if value is not None:
+                seen = a[short]
+                seen[value] = seen.get(value, 0) + 1
+        entry = [k, c["view"]]
+        if "f" not in a or k < a["f"][0]:
+            a["f"] = entry
+        if "l" not in a or a["l"][0] < k:
+            a["l"] = entry
+        if keep > 0:
+            recent = a["r"]
+            _insert(recent, entry)
+            del recent[: max(0, len(recent) - keep)]
+
+    def serialize(self) -> dict[str, Any]:
+        return self.data
+
+    def last_key(self) -> EventKey | None:
+        """The key of the newest contact folded in, if any."""
+        last = self.data.get("l")
+        if not last:
+            return None
+        micros, _, event_id = last[0].partition("|")
+        return int(micros), event_id

@@ -53,10 +53,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 from identity.errors import UnsupportedEvent
 from identity.explain import EvidenceRecord, GroupView
@@ -217,6 +217,18 @@ class ApplyResult(NamedTuple):
     reused_by: str | None = None
 
 
+class Aggregate(Protocol):
+    """A golden aggregate: :class:`identity.golden.Golden` in memory, :class:`identity.golden.Stored` in a store."""
+
+    def add(
+        self, touch: Touch, key: EventKey, trust: int, keep: int, *, points: int = 0, path_keep: int = 0
+    ) -> None: ...
+
+    def serialize(self) -> dict[str, Any]: ...
+
+    def last_key(self) -> EventKey | None: ...
+
+
 Signature = tuple[frozenset[Identifier], int]
 _Holdings = dict[str, frozenset[Identifier]]  # profile id -> its identifiers
 
@@ -224,13 +236,17 @@ _Holdings = dict[str, frozenset[Identifier]]  # profile id -> its identifiers
 class _Evidence:
     """The earliest event that showed one set of identifiers together (or apart: ``mode``)."""
 
-    __slots__ = ("ids", "key", "mode", "touch")
+    __slots__ = ("ids", "key", "mode", "source")
 
-    def __init__(self, key: EventKey, touch: Touch, ids: tuple[Identifier, ...], mode: int) -> None:
+    def __init__(self, key: EventKey, source: str, ids: tuple[Identifier, ...], mode: int) -> None:
         self.key = key
-        self.touch = touch
+        self.source = source
         self.ids = ids  # distinct, strongest first
         self.mode = mode  # identity.shared.AUTO, LINK or UNLINK
+
+    @property
+    def occurred_at(self) -> datetime:
+        return _EPOCH + timedelta(microseconds=self.key[0])
 
     @property
     def signature(self) -> Signature:
@@ -274,15 +290,19 @@ class IdentityGraph:
         policy: ResolutionPolicy | None = None,
         normalizer: Normalizer | None = None,
         erasure_key: bytes = DEFAULT_ERASURE_KEY,
+        aggregate: Callable[[], Aggregate] = Golden,
     ) -> None:
         self.policy = policy or ResolutionPolicy()
+        self._aggregate = aggregate
+        #: identifiers whose aggregate a touch or an erasure changed (what a store commits)
+        self.folded: set[Identifier] = set()
         self.normalizer = normalizer or Normalizer()
         self._erasure_key = erasure_key
         self._owner: dict[Identifier, _Person] = {}
         self._persons: dict[str, _Person] = {}
         self._redirects: dict[str, str] = {}
         self._seen: dict[str, tuple[str, str]] = {}  # event id -> (fingerprint, source) of its first event
-        self._aggs: dict[Identifier, Golden] = {}  # touches, by their strongest identifier
+        self._aggs: dict[Identifier, Aggregate] = {}  # touches, by their strongest identifier
         # evidence groups: a disjoint-set forest over nodes, group data at the roots
         self._parent: dict[Identifier, Identifier] = {}
         self._groups: dict[Identifier, _Group] = {}
@@ -306,8 +326,8 @@ class IdentityGraph:
 
     # ------------------------------------------------------------------ public API
 
-    def apply(self, touch: Touch) -> ApplyResult:
-        """Apply one touch event and say what changed."""
+    def apply(self, touch: Touch, normalized: tuple[list[Identifier], list[Rejection]] | None = None) -> ApplyResult:
+        """Apply one touch event and say what changed (``normalized``: its identifiers, if already normalized)."""
         eid = touch.event_id
         first = self._seen.get(eid)
         if first is not None:
@@ -316,7 +336,7 @@ class IdentityGraph:
             return ApplyResult(eid, "duplicate", self._primary_of(touch), reused_by=reused)
         if touch.type not in APPLIED_TYPES:
             raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
-        accepted, rejected = self.normalizer.normalize_many(touch.identifiers)
+        accepted, rejected = normalized or self.normalizer.normalize_many(touch.identifiers)
         self._seen[eid] = (touch.fingerprint, touch.source[:200])
         bad = tuple(rejected)
         key = touch.key
@@ -328,7 +348,7 @@ class IdentityGraph:
             return ApplyResult(eid, "unresolved", rejected=bad)
         mode = _MODES.get(touch.type, AUTO)
         if mode == UNLINK:
-            event = _Evidence(key, touch, tuple(sorted(accepted, key=self._order)), mode)
+            event = _Evidence(key, touch.source[:200], tuple(sorted(accepted, key=self._order)), mode)
             roots = {self._find(i) for i in event.ids if i in self._parent}
             return self._replay(event, roots, bad, self._status(roots, key))
         strongest = accepted[0] if len(accepted) == 1 else min(accepted, key=self._order)
@@ -347,7 +367,7 @@ class IdentityGraph:
                 group.max_key < key or self._already_joined(accepted, key)
             ):
                 ordered = tuple(sorted(accepted, key=self._order))  # replays take identifiers strongest first
-                event = _Evidence(key, touch, ordered, mode)
+                event = _Evidence(key, touch.source[:200], ordered, mode)
                 if held is None and self._shared_shift(event, {root}):
                     return self._replay(event, {root}, bad, self._status({root}, key))
                 if group.max_key < key:
@@ -357,7 +377,7 @@ class IdentityGraph:
                 group.evidence[signature] = event
                 return ApplyResult(eid, "applied", person.id, (ProfileChange("updated", person.id, eid),), (), bad)
         ids = tuple(sorted(accepted, key=self._order))
-        event = _Evidence(key, touch, ids, mode)
+        event = _Evidence(key, touch.source[:200], ids, mode)
         roots = {self._find(i) for i in ids if i in self._parent}
         if mode == LINK and self._unlinked_among(ids):
             return self._replay(event, roots, bad, self._status(roots, key))  # a newer link may lift an unlink
@@ -425,7 +445,7 @@ class IdentityGraph:
             return None
         group = self._groups[self._find(ident)]
         records = tuple(
-            EvidenceRecord(ev.ids, ev.mode, ev.touch.event_id, ev.touch.source, ev.touch.occurred_at.isoformat())
+            EvidenceRecord(ev.ids, ev.mode, ev.key[1], ev.source, ev.occurred_at.isoformat())
             for ev in group.evidence.values()
         )
         owner = {n: self._owner[n].id for n in group.nodes}
@@ -481,11 +501,7 @@ class IdentityGraph:
         out: list[Evidence] = []
         for ev in sorted(group.evidence.values(), key=_evidence_key):
             rule = _RULES[ev.mode]
-            touch = ev.touch
-            out.extend(
-                Evidence(ev.ids[0], other, touch.event_id, touch.source, touch.occurred_at, rule)
-                for other in ev.ids[1:]
-            )
+            out.extend(Evidence(ev.ids[0], other, ev.key[1], ev.source, ev.occurred_at, rule) for other in ev.ids[1:])
         return out
 
     @property
@@ -509,7 +525,8 @@ class IdentityGraph:
             trust = self._trust[(touch.type, touch.source)] = self.policy.trust(touch.type, touch.source)
         agg = self._aggs.get(strongest)
         if agg is None:
-            agg = self._aggs[strongest] = Golden()
+            agg = self._aggs[strongest] = self._aggregate()
+        self.folded.add(strongest)
         policy = self.policy
         agg.add(
             touch, key, trust, policy.recent_touches, points=policy.points(touch), path_keep=policy.attribution_touches
@@ -812,8 +829,11 @@ class IdentityGraph:
                 newest = ev.key
         for node in erased:
             agg = self._aggs.pop(node, None)
-            if agg is not None and agg.last is not None and agg.last[0] > newest:
-                newest = agg.last[0]
+            if agg is not None:
+                self.folded.add(node)
+            last = agg.last_key() if agg is not None else None
+            if last is not None and last > newest:
+                newest = last
         for node in erased:
             digest = erasure_hash(self._erasure_key, node)
             self._erased[digest] = max(self._erased.get(digest, newest), newest)
@@ -825,7 +845,7 @@ class IdentityGraph:
                 ids = tuple(i for i in ev.ids if i not in erased)
                 if not ids:
                     continue
-                ev = _Evidence(ev.key, replace(ev.touch, identifiers=(), attributes={}), ids, ev.mode)
+                ev = _Evidence(ev.key, ev.source, ids, ev.mode)
             held = kept.get(ev.signature)
             if held is None or ev.key < held.key:
                 kept[ev.signature] = ev
@@ -932,3 +952,176 @@ class IdentityGraph:
             "identifiers": {k: sorted(identifiers[k]) for k in sorted(identifiers, key=rank)},
             **render((aggs[n].serialize() for n in person.nodes if n in aggs), self.policy),
         }
+
+    # ------------------------------------------------------------------ units: how a store holds the graph
+    #
+    # A store keeps the graph as *units*, one per evidence group: everything a replay of the group needs
+    # (its identifiers, evidence, persons, history forest and constraints) in plain data. A worker loads the
+    # units its batch touches into an empty graph, applies the batch with the same code as the in-memory
+    # graph, and commits what changed. Resolution never looks outside the groups of an event's identifiers,
+    # so a graph holding just those units decides exactly as the whole graph would.
+
+    def unit_roots(self) -> list[Identifier]:
+        """The root identifier of every evidence group held."""
+        return list(self._groups)
+
+    def root_of(self, ident: Identifier) -> Identifier | None:
+        """The root of an identifier's evidence group, if it has one."""
+        return self._find(ident) if ident in self._parent else None
+
+    def unit_nodes(self, root: Identifier) -> list[Identifier]:
+        return self._groups[root].nodes
+
+    def export_unit(self, root: Identifier) -> dict[str, Any]:
+        """An evidence group as plain data (:meth:`load_unit` reads it back); identifiers as nodes."""
+        group = self._groups[root]
+        nodes = group.nodes
+        if nodes[0] != root:  # the root first: loading takes it as the root
+            nodes.remove(root)
+            nodes.insert(0, root)
+        index = {n: i for i, n in enumerate(nodes)}
+        records = list(group.evidence.values())
+        at = {ev.key: j for j, ev in enumerate(records)}
+
+        def key(k: EventKey) -> int | list[Any]:
+            j = at.get(k)
+            return j if j is not None else [k[0], k[1]]
+
+        persons: list[list[Any]] = []
+        listed: set[str] = set()
+        owner = self._owner
+        for n in nodes:
+            p = owner[n]
+            if p.id not in listed:
+                listed.add(p.id)
+                persons.append([p.id, key(p.created), index[p.hroot], [index[m] for m in p.nodes]])
+        history: list[list[Any]] = []
+        hparent, hkey, hsize, born = self._hparent, self._hkey, self._hsize, self._born
+        for n in nodes:
+            up = hparent[n]
+            if up == n:
+                history.append([key(born[n]), hsize[n]])
+            else:
+                history.append([key(born[n]), index[up], key(hkey[n])])
+        out: dict[str, Any] = {
+            "n": [f"{n.kind}\x1f{n.value}" for n in nodes],
+            "mk": key(group.max_key),
+            "e": [[ev.key[0], ev.key[1], ev.mode, ev.source, [index[i] for i in ev.ids]] for ev in records],
+            "p": persons,
+            "h": history,
+        }
+        shared = [index[n] for n in nodes if n in self._shared]
+        if shared:
+            out["s"] = shared
+        apart = self._apart
+        if apart:
+            pairs = sorted(
+                {(min(index[a], index[b]), max(index[a], index[b])) for a in nodes for b in apart.get(a, ())}
+            )
+            if pairs:
+                out["a"] = [list(p) for p in pairs]
+        return out
+
+    def load_unit(self, unit: dict[str, Any]) -> Identifier:
+        """Take in an evidence group exported by :meth:`export_unit`; its root."""
+        nodes = [Identifier(*n.split("\x1f", 1)) for n in unit["n"]]
+        records = [_Evidence((r[0], r[1]), r[3], tuple(nodes[i] for i in r[4]), r[2]) for r in unit["e"]]
+
+        def key(x: int | list[Any]) -> EventKey:
+            return records[x].key if isinstance(x, int) else (x[0], x[1])
+
+        root = nodes[0]
+        self._groups[root] = _Group(key(unit["mk"]), list(nodes), {ev.signature: ev for ev in records})
+        parent, owner = self._parent, self._owner
+        for n in nodes:
+            parent[n] = root
+        for pid, created, hroot, members in unit["p"]:
+            person = _Person(pid, key(created), nodes[hroot])
+            person.nodes = [nodes[i] for i in members]
+            counts = person.counts
+            for n in person.nodes:
+                counts[n.kind] = counts.get(n.kind, 0) + 1
+                owner[n] = person
+            self._persons[pid] = person
+        for n, h in zip(nodes, unit["h"], strict=True):
+            self._born[n] = key(h[0])
+            if len(h) == 2:
+                self._hparent[n] = n
+                self._hsize[n] = h[1]
+            else:
+                self._hparent[n] = nodes[h[1]]
+                self._hkey[n] = key(h[2])
+        self._shared.update(nodes[i] for i in unit.get("s", ()))
+        for i, j in unit.get("a", ()):
+            self._apart.setdefault(nodes[i], set()).add(nodes[j])
+            self._apart.setdefault(nodes[j], set()).add(nodes[i])
+        return root
+
+    def load_aggregate(self, ident: Identifier, aggregate: Aggregate) -> None:
+        self._aggs[ident] = aggregate
+
+    def aggregate_of(self, ident: Identifier) -> Aggregate | None:
+        return self._aggs.get(ident)
+
+    def load_seen(self, event_id: str, fingerprint: str, source: str) -> None:
+        """An event id applied before (by another batch or worker)."""
+        self._seen[event_id] = (fingerprint, source)
+
+    def load_erased(self, digest: str, key: EventKey) -> None:
+        self._erased[digest] = key
+
+    @property
+    def erase_max(self) -> EventKey:
+        """The newest data any erasure covered (events up to it are checked against the erased hashes)."""
+        return self._erase_max
+
+    @erase_max.setter
+    def erase_max(self, key: EventKey) -> None:
+        self._erase_max = key
+
+    def erased(self) -> dict[str, EventKey]:
+        return dict(self._erased)
+
+    def seen_ids(self) -> dict[str, tuple[str, str]]:
+        return dict(self._seen)
+
+    def unit_persons(self, root: Identifier) -> dict[str, frozenset[Identifier]]:
+        """The persons of one evidence group: profile id -> identifiers."""
+        owner = self._owner
+        out: dict[str, frozenset[Identifier]] = {}
+        for n in self._groups[root].nodes:
+            p = owner[n]
+            if p.id not in out:
+                out[p.id] = frozenset(p.nodes)
+        return out
+
+    def claims(self, root: Identifier) -> dict[Identifier, tuple[bool, frozenset[str]]]:
+        """What :meth:`match` answers for every contested or shared identifier of one group, in one pass:
+        (shared, the other persons with a claim on it). Identifiers claimed by their person alone are left out."""
+        owner, shared = self._owner, self._shared
+        found: dict[Identifier, set[str]] = {}
+        for ev in self._groups[root].evidence.values():
+            if ev.mode == UNLINK:
+                continue
+            ids = ev.ids
+            head = owner[ids[0]]
+            for x in ids:
+                if x in shared:
+                    if ev.mode == AUTO:
+                        found.setdefault(x, set()).update(owner[o].id for o in ids if o != x and o not in shared)
+                elif x != ids[0] and owner[x] is not head:
+                    found.setdefault(x, set()).add(head.id)
+        out: dict[Identifier, tuple[bool, frozenset[str]]] = {}
+        for x in self._groups[root].nodes:
+            is_shared = x in shared
+            others = found.get(x)
+            if others:
+                others.discard(owner[x].id)
+            if is_shared or others:
+                out[x] = (is_shared, frozenset(others or ()))
+        return out
+
+    def live_profile(self, profile_id: str) -> dict[str, Any] | None:
+        """The golden profile of a live id (no redirects followed), or None."""
+        person = self._persons.get(profile_id)
+        return self._render(person) if person is not None else None

@@ -282,7 +282,8 @@ def _answer(
             "kind": kind,
             "value": value,
             "candidates": [summary(person.profile) for person in listed.first],
-            "candidates_total": listed.total,
+            # past the index's cap only the first claimants are ranked here; the index counts them all
+            "candidates_total": listed.total if found.total <= len(found.candidates) else found.total,
         }
     return {
         "status": "found",

@@ -1,8 +1,8 @@
 """Asynchronous reads of the Redis identity graph for the lookup API.
 
 One script call (``streams/lua/read.lua``) per identifier or profile id, all of a batch in one
-pipelined round trip; rendering shares :func:`streams.redis_store.render_person` with the worker,
-so the API shows exactly what ``profiles.updates`` carries.
+pipelined round trip. Each person is one record the worker wrote as served (the same profile
+``profiles.updates`` carries): nothing is aggregated or rendered at read time.
 
 The persons contesting an ambiguous identifier are ranked inside Redis (:data:`RANK_LUA`): only the
 first few come back whole, however many there are (a spammed phone gathers hundreds).
@@ -25,46 +25,25 @@ from streams.redis_store import READ_KEY_NAMES, READ_LUA, Found, node_of, parse_
 __all__ = ["RANK_LUA", "AsyncReader", "Ranked"]
 
 #: The persons behind profile ids, most touches first, then the most recent last touch, then by id; the first
-#: ``ARGV[1]`` of them as the read script answers a profile id, and how many there are in all.
+#: ``ARGV[1]`` of them as the read script answers a profile id, and how many there are in all. Ranks come from
+#: the header the worker writes in front of each profile record: nothing is decoded here.
 #: KEYS: as read.lua's. ARGV[1]: how many to return whole; ARGV[2..]: (live or retired) profile ids.
-#: Returns {count of distinct live persons, {{person record, {aggregate or false per node}, {}, 0}, ...}}.
+#: Returns {count of distinct live persons, {{record, live id, "", {}, ""}, ...}}.
 RANK_LUA: Final = (
     resources.files("streams").joinpath("lua").joinpath("common.lua").read_text(encoding="utf-8")
     + r"""
-local person, pidx, redirect, agg = KEYS[2], KEYS[3], KEYS[4], KEYS[8]
-
--- byte order, whatever the server's locale (Lua's < on strings uses strcoll)
-local function lt(a, b)
-  if a == b then return false end
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
+local prof, redirect = KEYS[2], KEYS[3]
 
 local limit = tonumber(ARGV[1])
 local rows, seen = {}, {}
 for i = 2, #ARGV do
-  local handle = live_handle(pidx, redirect, ARGV[i])
-  if handle and not seen[handle] then
-    seen[handle] = true
-    local record = redis.call("HGET", person, handle)
-    if record then
-      local aggs = person_aggs(agg, record)
-      local touches, last = 0, ""
-      for _, raw in ipairs(aggs) do
-        if raw then
-          local a = cjson.decode(raw)
-          if type(a.c) == "table" then
-            for _, n in pairs(a.c) do touches = touches + (tonumber(n) or 0) end
-          end
-          if type(a.l) == "table" and type(a.l[1]) == "string" and lt(last, a.l[1]) then last = a.l[1] end
-        end
-      end
-      rows[#rows + 1] = { touches, last, split(record, RS)[1], record, aggs }
-    end
+  local pid = live_pid(prof, redirect, ARGV[i])
+  if pid and not seen[pid] then
+    seen[pid] = true
+    local record = redis.call("HGET", prof, pid)
+    local one = string.find(record, RS, 1, true)
+    local two = string.find(record, RS, one + 1, true)
+    rows[#rows + 1] = { tonumber(string.sub(record, 1, one - 1)), string.sub(record, one + 1, two - 1), pid, record }
   end
 end
 table.sort(rows, function(x, y)
@@ -73,7 +52,7 @@ table.sort(rows, function(x, y)
   return lt(x[3], y[3])
 end)
 local top = {}
-for i = 1, math.min(limit, #rows) do top[i] = { rows[i][4], rows[i][5], {}, 0 } end
+for i = 1, math.min(limit, #rows) do top[i] = { rows[i][4], rows[i][3], "", {}, "" } end
 return { #rows, top }
 """
 )
@@ -111,7 +90,7 @@ class AsyncReader:
 
     async def _run(self, requests: Sequence[tuple[str, str]]) -> list[Found | None]:
         raws = await self._calls(self._script, requests, "lookup")
-        return [parse_read(raw, self.policy) for raw in raws]
+        return [parse_read(raw) for raw in raws]
 
     async def identifiers(self, idents: Sequence[Identifier]) -> list[Found | None]:
         """The person holding each normalized identifier (with the persons contesting it)."""
@@ -128,7 +107,7 @@ class AsyncReader:
         raws = await self._calls(self._rank, [(limit, *pids) for pids in groups], "candidates")
         answers = []
         for total, first in raws:
-            found = [parse_read(raw, self.policy) for raw in first or []]
+            found = [parse_read(raw) for raw in first or []]
             answers.append(Ranked(int(total), [f for f in found if f is not None]))
         return answers
 

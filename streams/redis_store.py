@@ -1,18 +1,46 @@
-"""The identity graph in Redis: the same semantics as :class:`identity.IdentityGraph`, shared by workers.
+"""The identity graph kept in Redis: state only. Every rule runs in Python, in :mod:`identity`.
 
-Normalization and the store-neutral golden contributions are computed here, in Python; the graph
-itself changes only inside one Lua script call per batch (``streams/lua/resolve.lua``), so a batch
-is atomic, two workers writing at once can neither lose nor double a merge, and a redelivered event
-changes nothing. All keys share one hash tag (``{prefix}``), so the script is Cluster-legal.
+How a batch is applied (the worker's side of the one engine):
 
-Memory: see ``benchmarks/bench_redis_store.py`` for bytes per identifier and per profile.
+1. **Load** (one script call, ``lua/load.lua``): the index entries of the batch's identifiers, the
+   *units* they point to (one per evidence group: identifiers, evidence, persons, history; and the golden
+   aggregates of its identifiers), each unit's version, the erasure marks of the batch's identifiers and
+   whether its event ids were applied before.
+2. **Resolve**: the units go into an empty :class:`identity.IdentityGraph` and the batch is applied by the
+   same code as the in-memory graph. Resolution never looks beyond the groups of an event's identifiers,
+   so this view decides exactly as the whole graph would.
+3. **Commit** (one script call, ``lua/commit.lua``): only if every unit read still has its version, every
+   identifier read as new is still new and no event id was applied meanwhile (compare-and-set); then the
+   changed units, index entries, profiles (rendered as served), redirects and applied ids are written and
+   the changed units stamped with a new version. Otherwise nothing is written and the batch is loaded and
+   resolved again; a batch that keeps losing takes the serial lease (bounded retries, then a serial path:
+   no livelock on a hot unit).
+
+Scripts load and compare-and-set; none decides anything. All keys share one hash tag (``{prefix}``):
+one deployment lives in one Cluster slot, and deployments (prefixes) spread over a Cluster.
+
+Keys (hashes unless said otherwise), under ``{prefix}:``
+
+* ``idx``: identifier node -> ``unit id RS profile id [RS flag RS other profile ids]``: what a lookup reads;
+  ``flag`` is ``s`` (shared) or ``c`` (contested), the others at most :data:`MAX_CLAIMS`.
+* ``unit``, ``uagg``, ``uver``: unit id -> the evidence group, its identifiers' golden aggregates, its version.
+* ``prof``: profile id -> ``touches RS last touch key RS`` and the golden profile as served (JSON, zlib when long).
+* ``redirect``: retired profile id -> the id it merged into. ``erased``: keyed hash -> erasure key.
+* ``seen:YYYYMMDD``: event id -> fingerprint and source, one hash per day of arrival, kept ``dedup_days``.
+* ``meta``: ``stamp`` (unit versions), ``version`` (profile updates), ``erase_max``, ``reorders``.
+* ``lease`` (string): the serial path's holder. ``fired`` (set): trigger ids produced.
 """
 
 from __future__ import annotations
 
-import json
+import base64
+import hashlib
+import random
 import re
-from collections.abc import Iterator, Sequence
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Final, NamedTuple
@@ -23,49 +51,53 @@ import redis
 from identity import (
     ApplyResult,
     ConfigurationError,
-    Conflict,
     Identifier,
+    IdentityGraph,
     InvalidInput,
     Match,
     Normalizer,
-    ProfileChange,
     Rejection,
     ResolutionPolicy,
     Touch,
     TransientError,
     UnsupportedEvent,
 )
-from identity.explain import EvidenceRecord, GroupView
-from identity.golden import contribution, render
+from identity.explain import GroupView
+from identity.golden import Stored
 from identity.graph import APPLIED_TYPES, DEFAULT_ERASURE_KEY, erasure_hash
-from identity.touch import TouchType, key_text
+from identity.touch import key_text
 from streams.redis_errors import mapped
 
 __all__ = [
     "KEY_NAMES",
+    "LEGACY_KEY_NAMES",
+    "MAX_CLAIMS",
     "READ_KEY_NAMES",
     "Found",
     "RedisIdentityStore",
     "Snapshot",
+    "decode_profile",
+    "node_of",
     "parse_read",
-    "render_person",
 ]
 
-#: The hashes (and one set) that hold a graph, in the order the script takes them.
-KEY_NAMES: Final = (
-    "seen", "owner", "person", "pidx", "redirect", "gparent", "group", "ev",
-    "born", "hparent", "hkey", "hsize", "agg", "meta", "shared", "apart", "erased", "efp",
+#: The fixed keys of one deployment (beside the daily ``seen:`` hashes and the ``fired`` set).
+KEY_NAMES: Final = ("idx", "unit", "uagg", "uver", "prof", "redirect", "erased", "meta", "lease")
+#: Keys of the layout before units (removed by ``idstream rebuild --force`` and :meth:`RedisIdentityStore.clear`).
+LEGACY_KEY_NAMES: Final = (
+    "seen", "owner", "person", "pidx", "gparent", "group", "ev", "born", "hparent", "hkey", "hsize", "agg",
+    "shared", "apart", "efp",
 )  # fmt: skip
+#: Other persons named by one identifier's index entry (a spammed or shared value names the newest first few).
+MAX_CLAIMS: Final = 100
+#: Lost compare-and-set rounds before a batch takes the serial lease.
+OPTIMISTIC_ATTEMPTS: Final = 4
+LEASE_MS: Final = 30_000
 
-# Separators of the stored records (identifier values and event ids never contain control characters):
-# RS between fields, GS between list items, FS between an identifier's kind and value, and the
-# signature of an identifier set (its mode "0" auto, "1" link, "2" unlink, SIG_FLAG, nodes joined by SIG_SEP).
 RS, GS, FS = "\x1e", "\x1d", "\x1f"
-SIG_FLAG, SIG_SEP = "\x1c", "\x1b"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MODES: Final = {TouchType.IDENTITY_LINK: 1, TouchType.IDENTITY_UNLINK: 2}
+_COMPRESS_OVER = 200  # bytes of JSON above which a stored value is zlib-compressed
 
 
 def _script(name: str) -> str:
@@ -74,18 +106,24 @@ def _script(name: str) -> str:
     return folder.joinpath("common.lua").read_text(encoding="utf-8") + folder.joinpath(name).read_text(encoding="utf-8")
 
 
-_RESOLVE_LUA = _script("resolve.lua")
+_LOAD_LUA = _script("load.lua")
+_COMMIT_LUA = _script("commit.lua")
 #: One person (by identifier or by profile id) in one round trip: see the script's header.
 READ_LUA: Final = _script("read.lua")
-READ_KEY_NAMES: Final = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "agg", "shared")
+READ_KEY_NAMES: Final = ("idx", "prof", "redirect")
 _SNAPSHOT_LUA = _script("snapshot.lua")
 _RAISE_VERSION_LUA = """
 local now = tonumber(redis.call("HGET", KEYS[1], "version") or "0")
 if now < tonumber(ARGV[1]) then redis.call("HSET", KEYS[1], "version", ARGV[1]) end
 """
+_RELEASE_LUA = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0
+"""
 
 
-def _node(ident: Identifier) -> str:
+def node_of(ident: Identifier) -> str:
+    """An identifier as the store keeps it (its kind and value, separated by a control character)."""
     return f"{ident.kind}{FS}{ident.value}"
 
 
@@ -98,10 +136,35 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _person(raw: bytes | str) -> tuple[str, str, list[str]]:
-    """A stored person record: (profile id, creation key, nodes)."""
-    pid, created, _hroot, _counts, nodes = _text(raw).split(RS)
-    return pid, created, nodes.split(GS) if nodes else []
+def _key(text: str) -> tuple[int, str]:
+    micros, _, event_id = text.partition("|")
+    return int(micros), event_id
+
+
+def unit_id(root: Identifier) -> str:
+    """The id a unit is stored under: a digest of its root identifier (no value leaks into it)."""
+    digest = hashlib.blake2b(node_of(root).encode(), digest_size=9).digest()
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def _pack(value: Any) -> bytes:
+    body = orjson.dumps(value)
+    return b"z" + zlib.compress(body, 1) if len(body) > _COMPRESS_OVER else b"j" + body
+
+
+def _unpack(raw: bytes) -> Any:
+    return orjson.loads(zlib.decompress(raw[1:]) if raw[:1] == b"z" else raw[1:])
+
+
+def _profile_record(profile: dict[str, Any], last: str) -> bytes:
+    touches = sum(profile["touch_counts"].values())
+    return f"{touches}{RS}{last}{RS}".encode() + _pack(profile)
+
+
+def decode_profile(record: bytes) -> dict[str, Any]:
+    """The golden profile of a stored profile record."""
+    body: dict[str, Any] = _unpack(record.split(RS.encode(), 2)[2])
+    return body
 
 
 class Snapshot(NamedTuple):
@@ -113,61 +176,80 @@ class Snapshot(NamedTuple):
 
 
 class Found(NamedTuple):
-    """A person read for a lookup: its live id, golden profile, and every person claiming the identifier."""
+    """A person read for a lookup: its live id, golden profile, and the persons claiming the identifier.
+
+    ``candidates`` lists at most :data:`MAX_CLAIMS` other persons (the most relevant first when there are
+    more); ``total`` counts every candidate.
+    """
 
     profile_id: str
     profile: dict[str, Any]
     candidates: tuple[str, ...]
     shared: bool = False  # the identifier was found shared by several people
+    total: int = 0
 
     @property
     def ambiguous(self) -> bool:
-        return self.shared or len(self.candidates) > 1
+        return self.shared or self.total > 1
 
 
-def node_of(ident: Identifier) -> str:
-    """An identifier as the graph stores it (its kind and value, separated by a control character)."""
-    return _node(ident)
-
-
-def render_person(
-    policy: ResolutionPolicy, pid: str, created: str, nodes: list[str], aggs: Sequence[Any]
-) -> dict[str, Any]:
-    """A golden profile from a stored person record and its identifiers' aggregates."""
-    identifiers: dict[str, list[str]] = {}
-    for node in nodes:
-        ident = _ident(node)
-        identifiers.setdefault(ident.kind, []).append(ident.value)
-    created_us = int(created.split("|", 1)[0])
-    return {
-        "profile_id": pid,
-        "created_at": (_EPOCH + timedelta(microseconds=created_us)).isoformat(),
-        "identifiers": {k: sorted(identifiers[k]) for k in sorted(identifiers, key=policy.kind_rank)},
-        **render((orjson.loads(a) for a in aggs if a is not None), policy),
-    }
-
-
-def parse_read(raw: Any, policy: ResolutionPolicy) -> Found | None:
+def parse_read(raw: Any) -> Found | None:
     """The answer of the read script (``streams/lua/read.lua``) as a :class:`Found`."""
     if not raw:
         return None
-    record, aggs, contesting, shared = raw
-    pid, created, nodes = _person(record)
-    others = sorted({_text(c) for c in _list(contesting)} - {pid})
-    profile = render_person(policy, pid, created, nodes, _list(aggs))
-    if shared:
-        holder = (pid,) if len(nodes) > 1 else ()  # a person of its own is no one's
-        return Found(pid, profile, (*holder, *others), shared=True)
-    return Found(pid, profile, (pid, *others))
+    record, pid_raw, flag_raw, others_raw, total_raw = raw
+    pid, flag = _text(pid_raw), _text(flag_raw)
+    profile = decode_profile(record)
+    listed = [_text(o) for o in others_raw or ()]
+    others = tuple(dict.fromkeys(o for o in listed if o != pid))
+    capped = _text(total_raw)
+    beyond = int(capped) - len(listed) if capped else 0  # claimants past the cap, not read
+    if flag == "s":
+        own = sum(len(values) for values in profile["identifiers"].values())
+        holder = (pid,) if own > 1 else ()  # a person of its own is no one's
+        candidates = (*holder, *others)
+        return Found(pid, profile, candidates, shared=True, total=len(candidates) + beyond)
+    return Found(pid, profile, (pid, *others), total=1 + len(others) + beyond)
+
+
+def _person_ranks(view: IdentityGraph, root: Identifier) -> dict[str, tuple[int, str]]:
+    """Each person of a unit -> (touches, key of its last touch): the header of its profile record."""
+    out = {}
+    for pid, members in view.unit_persons(root).items():
+        touches, last = 0, ""
+        for ident in members:
+            agg = view.aggregate_of(ident)
+            if agg is not None:
+                data = agg.serialize()
+                touches += sum(data.get("c", {}).values())
+                last = max(last, data.get("l", [""])[0])
+        out[pid] = (touches, last)
+    return out
+
+
+def _descending(text: str) -> tuple[int, ...]:
+    return (*(-ord(c) for c in text), 1)
 
 
 def _list(value: Any) -> list[Any]:
-    """cjson encodes an empty Lua table as {}: read it as an empty list."""
     return value if isinstance(value, list) else []
 
 
+class _Loaded(NamedTuple):
+    view: IdentityGraph
+    versions: dict[str, str]  # unit id -> version read
+    units: dict[str, tuple[bytes, bytes]]  # unit id -> (unit, aggregates) as read
+    entries: dict[str, str]  # node -> index entry, for every identifier of the units read
+    persons: dict[str, frozenset[Identifier]]
+    absent: list[str]  # the batch's nodes that had no index entry
+    unseen: list[str]  # the batch's event ids not applied before
+    seen: dict[str, tuple[str, str]]
+    erased: dict[str, tuple[int, str]]
+    erase_max: str
+
+
 class RedisIdentityStore:
-    """An :class:`identity.store.IdentityStore` over one Redis primary."""
+    """An :class:`identity.store.IdentityStore` whose state is in Redis and whose rules are :mod:`identity`'s."""
 
     def __init__(
         self,
@@ -176,132 +258,274 @@ class RedisIdentityStore:
         normalizer: Normalizer | None = None,
         prefix: str = "idstream",
         erasure_key: bytes = DEFAULT_ERASURE_KEY,
+        *,
+        dedup_days: int = 14,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if not _PREFIX.fullmatch(prefix):
             raise ConfigurationError(f"redis key prefix {prefix!r} must be 1-64 of letters, digits and _.:-")
+        if dedup_days < 1:
+            raise ConfigurationError("the applied-event retention (IDSTREAM_DEDUP_DAYS) must be at least 1 day")
         self.client = client
         self.policy = policy or ResolutionPolicy()
         self.normalizer = normalizer or Normalizer()
         self.prefix = prefix
-        self.keys = [f"{{{prefix}}}:{name}" for name in KEY_NAMES]
-        self._key = dict(zip(KEY_NAMES, self.keys, strict=True))
-        self._key["fired"] = f"{{{prefix}}}:fired"  # trigger ids already produced (not part of the graph)
-        self._resolve = client.register_script(_RESOLVE_LUA)
+        self.dedup_days = dedup_days
+        self.clock = clock
+        self._key = {name: f"{{{prefix}}}:{name}" for name in (*KEY_NAMES, "fired")}
+        self.keys = [self._key[name] for name in KEY_NAMES]
+        self.read_keys = [self._key[name] for name in READ_KEY_NAMES]
+        self._load = client.register_script(_LOAD_LUA)
+        self._commit = client.register_script(_COMMIT_LUA)
         self._read = client.register_script(READ_LUA)
         self._snapshot = client.register_script(_SNAPSHOT_LUA)
-        self.read_keys = [self._key[name] for name in READ_KEY_NAMES]
-        self._policy_json = json.dumps(
-            {
-                "limits": dict(self.policy.limits),
-                "anchors": sorted(self.policy.anchor_kinds),
-                "keep": self.policy.recent_touches,
-                "path": self.policy.attribution_touches,
-                "sp": dict(self.policy.shared_persons),
-                "sc": dict(self.policy.shared_clusters),
-                "pk": sorted(self.policy.personal_kinds),
-                "prio": list(self.policy.kind_priority),
-            }
-        )
+        self._release = client.register_script(_RELEASE_LUA)
         self._erasure_key = erasure_key
-        self._erase_max = ""  # the last erasure's key as this process last saw it (the script has the truth)
-        self._ranks: dict[str, tuple[int, str]] = {}
-        #: Identifiers in the largest component (evidence group) the last apply_batch wrote: the blob watch.
+        self._erase_max = ""  # the last erasure's key as this process last read it
+        #: Identifiers in the largest unit (evidence group) the last apply_batch wrote: the blob watch.
         self.largest_component = 0
+        #: Compare-and-set rounds lost to other workers, and batches that took the serial path (metrics).
+        self.conflicts = 0
+        self.serial_batches = 0
+
+    # ------------------------------------------------------------------ keys
+
+    def _seen_keys(self) -> list[str]:
+        """Today's applied-id hash first, then the older ones still within the retention."""
+        today = self.clock().astimezone(UTC).date()
+        days = (today - timedelta(days=n) for n in range(self.dedup_days))
+        return [f"{{{self.prefix}}}:seen:{day:%Y%m%d}" for day in days]
 
     # ------------------------------------------------------------------ writing
 
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
-        """Apply touches in order: one atomic script call, or one per stretch between erasures."""
+        """Apply touches in order, atomically: load, resolve with the engine, compare-and-set."""
         self.largest_component = 0
         if not touches:
             return []
-        items: list[dict[str, Any]] = []
-        rejected: list[tuple[Rejection, ...]] = []
+        prepared: list[tuple[Touch, tuple[list[Identifier], list[Rejection]]]] = []
         for touch in touches:
             if touch.type not in APPLIED_TYPES:
                 raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
-            key = touch.key
-            if key[0] < 0:
+            if touch.key[0] < 0:
                 raise InvalidInput(f"event {touch.event_id!r} occurred before 1970")
             if _CONTROL.search(touch.event_id):
                 raise InvalidInput(f"event id {touch.event_id!r} contains control characters")
             accepted, bad = self.normalizer.normalize_many(touch.identifiers)
-            rejected.append(tuple(bad))
-            ids = sorted(accepted, key=self._order)
-            nodes = [_node(i) for i in ids]
-            printed = touch.fingerprint + touch.source[:200]  # tells a redelivery from a reused event id
-            if touch.type is TouchType.ERASE_REQUEST and nodes:
-                items.append({"op": "erase", "e": touch.event_id, "k": key_text(key), "ids": nodes, "f": printed})
+            prepared.append((touch, (list(accepted), list(bad))))
+        for _ in range(OPTIMISTIC_ATTEMPTS):
+            results = self._attempt(prepared, "")
+            if results is not None:
+                return results
+            self.conflicts += 1
+            time.sleep(random.uniform(0.0, 0.005))  # noqa: S311 - jitter, not secrecy
+        return self._serially(prepared)
+
+    def _serially(self, prepared: list[tuple[Touch, tuple[list[Identifier], list[Rejection]]]]) -> list[ApplyResult]:
+        """The serial path: hold the lease (other commits wait for it), then load, resolve and commit."""
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + LEASE_MS / 1000
+        self.serial_batches += 1
+        while time.monotonic() < deadline:
+            with mapped("lease"):
+                held = self.client.set(self._key["lease"], token, nx=True, px=LEASE_MS)
+            if not held:
+                time.sleep(random.uniform(0.002, 0.02))  # noqa: S311 - jitter, not secrecy
                 continue
-            mode = _MODES.get(touch.type, 0)
-            items.append(
-                {
-                    "e": touch.event_id,
-                    "k": key_text(key),
-                    "m": mode,
-                    "ids": nodes,
-                    "sig": str(mode) + SIG_FLAG + SIG_SEP.join(sorted(nodes)),
-                    "c": contribution(
-                        touch, key, self.policy.trust(touch.type, touch.source), self.policy.points(touch)
-                    ),
-                    "x": orjson.dumps({"source": touch.source, "occurred_at": touch.occurred_at.isoformat()}).decode(),
-                    "f": printed,
-                }
+            try:
+                for _ in range(OPTIMISTIC_ATTEMPTS):  # only an erasure elsewhere can still move under the lease
+                    results = self._attempt(prepared, token)
+                    if results is not None:
+                        return results
+            finally:
+                with mapped("lease"):
+                    self._release(keys=[self._key["lease"]], args=[token])
+        raise TransientError("the serial lease stayed taken while a contended batch waited for it")
+
+    def _attempt(
+        self, prepared: list[tuple[Touch, tuple[list[Identifier], list[Rejection]]]], token: str
+    ) -> list[ApplyResult] | None:
+        loaded = self._read_batch(prepared)
+        view = loaded.view
+        results = [view.apply(touch, normalized) for touch, normalized in prepared]
+        args, erasing = self._changes(loaded, token)
+        keys = [self._key[n] for n in ("idx", "unit", "uagg", "uver", "prof", "redirect", "erased", "meta", "lease")]
+        with mapped("commit"):
+            done, _stamp = self._commit(keys=keys + self._seen_keys(), args=args)
+        if not int(done):
+            return None
+        if erasing:
+            with mapped("erasure"):
+                self.client.slowlog_reset()  # the slow log keeps script arguments: the erased values among them
+        return results
+
+    def _read_batch(self, prepared: list[tuple[Touch, tuple[list[Identifier], list[Rejection]]]]) -> _Loaded:
+        nodes: list[str] = []
+        listed: set[str] = set()
+        for _, (accepted, _bad) in prepared:
+            for ident in accepted:
+                node = node_of(ident)
+                if node not in listed:
+                    listed.add(node)
+                    nodes.append(node)
+        eids = list(dict.fromkeys(t.event_id for t, _ in prepared))
+        oldest = key_text(min(t.key for t, _ in prepared))
+        hashes = [erasure_hash(self._erasure_key, _ident(n)) for n in nodes] if oldest <= self._erase_max else []
+        keys = [self._key[n] for n in ("idx", "unit", "uagg", "uver", "erased", "meta")] + self._seen_keys()
+        with mapped("load"):
+            values, units, gone, erase_max, seen = self._load(
+                keys=keys, args=[len(nodes), *nodes, len(hashes), *hashes, *eids]
             )
-        outs: list[dict[str, Any]] = []
-        start = 0
-        for i, item in enumerate(items):  # an erasure runs alone, between the stretches before and after it
-            if item.get("op") == "erase":
-                if start < i:
-                    outs.extend(self._run(items[start:i]))
-                outs.extend(self._run_erasure(item))
-                start = i + 1
-        if start < len(items):
-            outs.extend(self._run(items[start:]))
-        return [self._result(t.event_id, out, bad) for t, out, bad in zip(touches, outs, rejected, strict=True)]
+        self._erase_max = _text(erase_max) if erase_max else ""
+        if (
+            not hashes and nodes and self._erase_max and oldest <= self._erase_max
+        ):  # an erasure landed since: read its marks
+            return self._read_batch(prepared)
+        view = IdentityGraph(self.policy, self.normalizer, self._erasure_key, aggregate=Stored)
+        if self._erase_max:
+            view.erase_max = _key(self._erase_max)
+        erased: dict[str, tuple[int, str]] = {}
+        for digest, held in zip(hashes, _list(gone), strict=False):
+            if held:
+                erased[digest] = _key(_text(held))
+                view.load_erased(digest, erased[digest])
+        versions: dict[str, str] = {}
+        raw_units: dict[str, tuple[bytes, bytes]] = {}
+        index: dict[str, str] = {}
+        persons: dict[str, frozenset[Identifier]] = {}
+        for gid_raw, unit_raw, agg_raw, version in _list(units):
+            gid = _text(gid_raw)
+            versions[gid] = _text(version)
+            raw_units[gid] = (unit_raw, agg_raw)
+            root = view.load_unit(_unpack(unit_raw))
+            if agg_raw:
+                for node, agg in _unpack(agg_raw).items():
+                    view.load_aggregate(_ident(node), Stored(agg))
+            index.update(self._index(view, root, gid))
+            persons.update(view.unit_persons(root))
+        seen_before: dict[str, tuple[str, str]] = {}
+        unseen = []
+        for eid, held in zip(eids, _list(seen), strict=True):
+            if held:
+                text = _text(held)
+                seen_before[eid] = (text[:16], text[16:])
+                view.load_seen(eid, text[:16], text[16:])
+            else:
+                unseen.append(eid)
+        view.folded.clear()
+        absent = [n for n, v in zip(nodes, _list(values), strict=True) if not v]
+        return _Loaded(view, versions, raw_units, index, persons, absent, unseen, seen_before, erased, self._erase_max)
 
-    def _hash(self, node: str) -> str:
-        return erasure_hash(self._erasure_key, _ident(node))
+    def _index(self, view: IdentityGraph, root: Identifier, gid: str) -> dict[str, str]:
+        """The index entries of one unit's identifiers (what a lookup reads for each).
 
-    def _call(self, items: list[dict[str, Any]]) -> Any:
-        with mapped("resolve"):
-            raw = self._resolve(keys=self.keys, args=[self._policy_json, orjson.dumps(items)])
-        return orjson.loads(raw)
+        A contested or shared identifier names the other persons with a claim on it: all of them up to
+        :data:`MAX_CLAIMS`, past that the first :data:`MAX_CLAIMS` as the lookup API ranks them (most
+        touches, then the newest last touch, then by id) and, in a fifth field, how many there are in all.
+        """
+        claims = view.claims(root)
+        out = {}
+        ranks: dict[str, tuple[int, str]] | None = None
+        for ident in view.unit_nodes(root):
+            pid = view.lookup(ident)
+            claim = claims.get(ident)
+            if claim is None:
+                out[node_of(ident)] = f"{gid}{RS}{pid}"
+                continue
+            shared, others = claim
+            entry = f"{gid}{RS}{pid}{RS}{'s' if shared else 'c'}{RS}"
+            if len(others) <= MAX_CLAIMS:
+                out[node_of(ident)] = entry + GS.join(sorted(others))
+                continue
+            if ranks is None:
+                ranks = _person_ranks(view, root)
+            first = sorted(others, key=lambda o: (-ranks[o][0], _descending(ranks[o][1]), o))[:MAX_CLAIMS]
+            out[node_of(ident)] = entry + GS.join(first) + f"{RS}{len(others)}"
+        return out
 
-    def _run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Apply a stretch of events; events not newer than the last erasure carry their identifiers' hashes."""
-        for _ in range(3):
-            for item in items:
-                if "h" not in item and self._erase_max and item["k"] <= self._erase_max:
-                    item["h"] = {node: self._hash(node) for node in item["ids"]}
-            out = self._call(items)
-            if "r" in out:
-                self.largest_component = max(self.largest_component, int(out["g"]))
-                return _list(out["r"])
-            self._erase_max = out["stale"]  # another worker erased something since: hash and try again
-        raise TransientError("the last erasure kept moving while a batch was applied")
-
-    def _run_erasure(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        """Read who holds the requested identifiers, hash everything of theirs, erase it if nothing changed."""
-        for _ in range(5):
-            erased = set(item["ids"])
-            with mapped("erasure"):  # the same rule as every other path: a stall is retried, never a dead letter
-                handles = [h for h in self.client.hmget(self._key["owner"], item["ids"]) if h is not None]
-                records = self.client.hmget(self._key["person"], handles) if handles else []
-            for raw in records:
-                if raw is not None:
-                    erased.update(_person(raw)[2])
-            item["nodes"] = sorted(erased)
-            item["h"] = {node: self._hash(node) for node in item["nodes"]}
-            out = self._call([item])
-            if "r" in out:
-                self._erase_max = max(self._erase_max, item["k"])
-                with mapped("erasure"):  # the slow log keeps script arguments: the erased values among them
-                    self.client.slowlog_reset()
-                return _list(out["r"])
-            if "stale" in out:
-                self._erase_max = out["stale"]
-        raise TransientError("the persons to erase kept changing while the erasure was prepared")
+    def _changes(self, loaded: _Loaded, token: str) -> tuple[list[Any], bool]:
+        """The commit script's arguments: what was read, then what to write."""
+        view = loaded.view
+        unit_set: list[Any] = []
+        agg_set: list[Any] = []
+        agg_del: list[str] = []
+        stamped: list[str] = []
+        index: dict[str, str] = {}
+        persons: dict[str, frozenset[Identifier]] = {}
+        live: set[str] = set()
+        for root in view.unit_roots():
+            gid = unit_id(root)
+            live.add(gid)
+            unit = _pack(view.export_unit(root))
+            nodes = view.unit_nodes(root)
+            aggs: dict[str, Any] = {}
+            for ident in nodes:
+                agg = view.aggregate_of(ident)
+                if agg is not None:
+                    aggs[node_of(ident)] = agg.serialize()
+            agg_raw = _pack(aggs) if aggs else b""
+            before = loaded.units.get(gid)
+            unit_persons = view.unit_persons(root)
+            persons.update(unit_persons)
+            if before is not None and before[0] == unit and before[1] == agg_raw:
+                continue
+            self.largest_component = max(self.largest_component, len(nodes))
+            stamped.append(gid)
+            unit_set += [gid, unit]
+            if agg_raw:
+                agg_set += [gid, agg_raw]
+            elif before is not None and before[1]:
+                agg_del.append(gid)
+            index.update(self._index(view, root, gid))
+        dropped = [gid for gid in loaded.units if gid not in live]
+        idx_set: list[str] = []
+        for node, entry in index.items():
+            if loaded.entries.get(node) != entry:
+                idx_set += [node, entry]
+        kept = {node_of(i) for nodes in persons.values() for i in nodes}
+        idx_del = [node for node in loaded.entries if node not in kept]
+        folded_by = {view.lookup(i) for i in view.folded}
+        prof_set: list[Any] = []
+        for pid, members in persons.items():
+            if loaded.persons.get(pid) == members and pid not in folded_by:
+                continue
+            profile = view.live_profile(pid)
+            if profile is None:  # pragma: no cover - every listed person is live
+                continue
+            lasts = [k for k in (view.aggregate_of(i) for i in members) if k is not None]
+            last = max((a.serialize().get("l", ["", ""])[0] for a in lasts), default="")
+            prof_set += [pid, _profile_record(profile, last)]
+        prof_del = [pid for pid in loaded.persons if pid not in persons]
+        redirect_set: list[str] = []
+        for old, new in view.redirects.items():
+            if old not in persons:
+                redirect_set += [old, new]
+        redirect_del = [pid for pid in persons if pid not in loaded.persons]
+        seen_set: list[str] = []
+        for eid, (fingerprint, source) in view.seen_ids().items():
+            if eid not in loaded.seen:
+                seen_set += [eid, fingerprint + source]
+        erased_pairs: list[str] = []
+        for digest, key in view.erased().items():
+            if loaded.erased.get(digest) != key:
+                erased_pairs += [digest, key_text(key)]
+        new_max = key_text(view.erase_max) if view.erase_max[0] >= 0 else ""
+        erase_max = new_max if new_max > loaded.erase_max else ""
+        args: list[Any] = [token, loaded.erase_max, self.dedup_days * 86_400 + 86_400]
+        args += [len(loaded.versions)] + [x for gid, v in loaded.versions.items() for x in (gid, v)]
+        args += [len(loaded.absent), *loaded.absent, len(loaded.unseen), *loaded.unseen]
+        for pairs, fields in (
+            (idx_set, idx_del),
+            (unit_set, dropped),
+            (agg_set, agg_del + [g for g in dropped if g not in agg_del]),
+            (prof_set, prof_del),
+            (redirect_set, redirect_del),
+            (erased_pairs, []),  # each mark written only if it covers newer data than the one held
+            (seen_set, []),
+        ):
+            args += [len(pairs) // 2, *pairs, len(fields), *fields]
+        args += [len(stamped), *stamped, len(dropped), *dropped, erase_max, view.reorders]
+        return args, bool(erased_pairs or erase_max)
 
     def apply(self, touch: Touch) -> ApplyResult:
         return self.apply_batch([touch])[0]
@@ -309,110 +533,67 @@ class RedisIdentityStore:
     def apply_many(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         return [self.apply(t) for t in touches]
 
-    def _order(self, ident: Identifier) -> tuple[tuple[int, str], str]:
-        rank = self._ranks.get(ident.kind)
-        if rank is None:
-            rank = self._ranks[ident.kind] = self.policy.kind_rank(ident.kind)
-        return rank, ident.value
-
-    def _result(self, eid: str, out: dict[str, Any], rejected: tuple[Rejection, ...]) -> ApplyResult:
-        changes = [
-            ProfileChange(
-                change[0],
-                change[1],
-                eid,
-                tuple(_list(change[2])),
-                tuple(_list(change[3])),
-                tuple(_ident(n) for n in _list(change[4])) if len(change) > 4 else (),
-            )
-            for change in _list(out.get("ch"))
-        ]
-        conflicts = tuple(
-            Conflict(eid, kind, int(limit), pid, other, _ident(node), reason)
-            for kind, limit, pid, other, node, reason in _list(out.get("cf"))
-        )
-        shared = tuple(_ident(n) for n in _list(out.get("sh")))
-        return ApplyResult(eid, out["s"], out.get("p"), tuple(changes), conflicts, rejected, shared, out.get("dc"))
-
     # ------------------------------------------------------------------ reading
 
     def lookup(self, ident: Identifier) -> str | None:
-        handle = self.client.hget(self._key["owner"], _node(ident))
-        if handle is None:
-            return None
-        record = self.client.hget(self._key["person"], handle)
-        return _person(record)[0] if record is not None else None
+        with mapped("lookup"):
+            entry = self.client.hget(self._key["idx"], node_of(ident))
+        return _text(entry).split(RS)[1] if entry is not None else None
 
     def match(self, ident: Identifier) -> Match | None:
         found = self.read_identifier(ident)
         return Match(found.profile_id, found.candidates, found.shared) if found else None
 
-    def group_view(self, ident: Identifier) -> GroupView | None:
-        """The evidence group of an identifier, as :mod:`identity.explain` reads it (a few round trips)."""
-        key = self._key
-        root = _node(ident)
-        if not self.client.hexists(key["gparent"], root):
+    def _unit_view(self, ident: Identifier) -> IdentityGraph | None:
+        """A graph holding the unit of one identifier (explanations)."""
+        with mapped("lookup"):
+            entry = self.client.hget(self._key["idx"], node_of(ident))
+            if entry is None:
+                return None
+            gid = _text(entry).split(RS)[0]
+            unit_raw = self.client.hget(self._key["unit"], gid)
+        if unit_raw is None:
             return None
-        for _ in range(10_000):
-            up = _text(self.client.hget(key["gparent"], root) or root)
-            if up == root:
-                break
-            root = up
-        _max, nodes_raw, sigs_raw = _text(self.client.hget(key["group"], root) or "").split(RS)
-        nodes = nodes_raw.split(GS) if nodes_raw else []
-        sigs = sigs_raw.split(GS) if sigs_raw else []
-        records = []
-        for raw in self.client.hmget(key["ev"], sigs) if sigs else []:
-            ktext, mode, ids, meta = _text(raw or "").split(RS)
-            info = json.loads(meta)
-            records.append(
-                EvidenceRecord(
-                    tuple(_ident(n) for n in ids.split(GS)),
-                    int(mode),
-                    ktext.split("|", 1)[1],
-                    info["source"],
-                    info["occurred_at"],
-                )
-            )
-        handles = [_text(h or "") for h in self.client.hmget(key["owner"], nodes)]
-        distinct = sorted(set(handles))
-        records_raw = self.client.hmget(key["person"], distinct) if distinct else []
-        pids = {h: _person(r or "")[0] for h, r in zip(distinct, records_raw, strict=True)}
-        owner = {_ident(n): pids[h] for n, h in zip(nodes, handles, strict=True)}
-        flags = self.client.hmget(key["shared"], nodes)
-        shared = frozenset(_ident(n) for n, f in zip(nodes, flags, strict=True) if f)
-        apart = frozenset(
-            frozenset((_ident(n), _ident(m)))
-            for n, raw in zip(nodes, self.client.hmget(key["apart"], nodes), strict=True)
-            if raw
-            for m in _text(raw).split(GS)
-        )
-        return GroupView(tuple(records), owner, shared, apart)
+        view = IdentityGraph(self.policy, self.normalizer, self._erasure_key, aggregate=Stored)
+        view.load_unit(_unpack(unit_raw if isinstance(unit_raw, bytes) else unit_raw.encode()))
+        return view
+
+    def group_view(self, ident: Identifier) -> GroupView | None:
+        """The evidence group of an identifier, as :mod:`identity.explain` reads it (two round trips)."""
+        view = self._unit_view(ident)
+        return view.group_view(ident) if view is not None else None
 
     def any_identifier(self, profile_id: str) -> Identifier | None:
         """One identifier of a live or retired profile id (to find its evidence group)."""
-        live = self.resolve(profile_id)
-        handle = self.client.hget(self._key["pidx"], live) if live else None
-        record = self.client.hget(self._key["person"], handle) if handle else None
-        nodes = _person(record)[2] if record else []
-        return _ident(nodes[0]) if nodes else None
+        profile = self.profile(profile_id)
+        if profile is None:
+            return None
+        for kind, values in profile["identifiers"].items():
+            if values:
+                return Identifier(kind, values[0])
+        return None
 
     def shared(self) -> frozenset[Identifier]:
         """The identifiers found shared by several people (they link nothing)."""
-        return frozenset(_ident(_text(n)) for n in self.client.hkeys(self._key["shared"]))
+        out = set()
+        for node, entry in self.client.hscan_iter(self._key["idx"], count=1000):
+            fields = _text(entry).split(RS)
+            if len(fields) > 2 and fields[2] == "s":
+                out.add(_ident(_text(node)))
+        return frozenset(out)
 
     def is_erased(self, ident: Identifier) -> bool:
         """Was this identifier erased (and not seen again since)?"""
-        node = _node(ident)
-        return not self.client.hexists(self._key["owner"], node) and bool(
-            self.client.hexists(self._key["erased"], self._hash(node))
+        node = node_of(ident)
+        return not self.client.hexists(self._key["idx"], node) and bool(
+            self.client.hexists(self._key["erased"], erasure_hash(self._erasure_key, ident))
         )
 
     def read_identifier(self, ident: Identifier) -> Found | None:
         """The person holding an identifier, its profile and the persons contesting it: one round trip."""
         with mapped("lookup"):
-            raw = self._read(keys=self.read_keys, args=["node", _node(ident)])
-        return parse_read(raw, self.policy)
+            raw = self._read(keys=self.read_keys, args=["node", node_of(ident)])
+        return parse_read(raw)
 
     def lookup_raw(self, kind: str, raw: str) -> str | None:
         ident = self.normalizer.normalize(kind, raw)
@@ -420,7 +601,7 @@ class RedisIdentityStore:
 
     def resolve(self, profile_id: str) -> str | None:
         for _ in range(64):
-            if self.client.hexists(self._key["pidx"], profile_id):
+            if self.client.hexists(self._key["prof"], profile_id):
                 return profile_id
             nxt = self.client.hget(self._key["redirect"], profile_id)
             if nxt is None:
@@ -431,12 +612,8 @@ class RedisIdentityStore:
     def profile(self, profile_id: str) -> dict[str, Any] | None:
         with mapped("lookup"):
             raw = self._read(keys=self.read_keys, args=["pid", profile_id])
-        found = parse_read(raw, self.policy)
+        found = parse_read(raw)
         return found.profile if found else None
-
-    def _render(self, pid: str, created: str, nodes: list[str]) -> dict[str, Any]:
-        aggs = self.client.hmget(self._key["agg"], nodes) if nodes else []
-        return render_person(self.policy, pid, created, nodes, aggs)
 
     def snapshot(self, profile_ids: Sequence[str], extra_versions: int = 0) -> Snapshot:
         """The live profiles of these ids and their update versions, read in one atomic script call.
@@ -445,14 +622,11 @@ class RedisIdentityStore:
         """
         if not profile_ids and not extra_versions:
             return Snapshot({}, {}, 0)
-        keys = [self._key[name] for name in ("pidx", "person", "redirect", "agg", "meta")]
+        keys = [self._key[name] for name in ("prof", "redirect", "meta")]
         with mapped("snapshot"):
             last, pairs, records = self._snapshot(keys=keys, args=[extra_versions, *profile_ids])
         live = {_text(requested): _text(pid) for requested, pid in _list(pairs)}
-        profiles = {}
-        for record, aggs in _list(records):
-            pid, created, nodes = _person(record)
-            profiles[pid] = render_person(self.policy, pid, created, nodes, _list(aggs))
+        profiles = {_text(pid): decode_profile(record) for pid, record in _list(records)}
         return Snapshot(profiles, live, int(last) - extra_versions)
 
     def unfired(self, trigger_ids: Sequence[str]) -> set[str]:
@@ -469,16 +643,22 @@ class RedisIdentityStore:
             with mapped("triggers"):
                 self.client.sadd(self._key["fired"], *trigger_ids)
 
-    def _records(self) -> Iterator[tuple[str, str, list[str]]]:
-        for _handle, raw in self.client.hscan_iter(self._key["person"], count=1000):
-            yield _person(raw)
+    def _records(self) -> Iterator[dict[str, Any]]:
+        for _pid, raw in self.client.hscan_iter(self._key["prof"], count=1000):
+            yield decode_profile(raw)
 
     def persons(self) -> dict[str, frozenset[Identifier]]:
-        return {pid: frozenset(_ident(n) for n in nodes) for pid, _created, nodes in self._records()}
+        return {
+            p["profile_id"]: frozenset(Identifier(k, v) for k, values in p["identifiers"].items() for v in values)
+            for p in self._records()
+        }
 
     def profiles(self) -> Iterator[dict[str, Any]]:
-        for record in sorted(self._records()):
-            yield self._render(*record)
+        yield from sorted(self._records(), key=lambda p: str(p["profile_id"]))
+
+    def applied_events(self) -> int:
+        """Event ids applied within the retention (``dedup_days``)."""
+        return sum(int(self.client.hlen(key)) for key in self._seen_keys())
 
     @property
     def redirects(self) -> dict[str, str]:
@@ -489,11 +669,20 @@ class RedisIdentityStore:
         return int(self.client.hget(self._key["meta"], "reorders") or 0)
 
     def __len__(self) -> int:
-        return int(self.client.hlen(self._key["person"]))
+        return int(self.client.hlen(self._key["prof"]))
+
+    def _all_keys(self) -> list[str]:
+        legacy = [f"{{{self.prefix}}}:{name}" for name in LEGACY_KEY_NAMES]
+        days = [_text(k) for k in self.client.scan_iter(match=f"{{{self.prefix}}}:seen:*", count=1000)]
+        return [*self.keys, self._key["fired"], *legacy, *days]
 
     def is_empty(self) -> bool:
-        """No key of this graph exists (not even the set of applied event ids)."""
-        return not self.client.exists(*self.keys)
+        """No key of this deployment exists (not even an applied event id, nor a key of the old layout)."""
+        return not self.client.exists(*self._all_keys())
+
+    def has_legacy_keys(self) -> bool:
+        """Keys of the layout before units exist (``idstream rebuild --force`` replaces them)."""
+        return bool(self.client.exists(*(f"{{{self.prefix}}}:{name}" for name in LEGACY_KEY_NAMES)))
 
     def raise_version(self, at_least: int) -> None:
         """Make the next profile-update version exceed ``at_least`` (after a rebuild: above all published)."""
@@ -510,7 +699,7 @@ class RedisIdentityStore:
             known = self.redirects
             wanted: dict[str, str] = {}
             for old, new in pairs:
-                if old in known or old in wanted or self.client.hexists(self._key["pidx"], old):
+                if old in known or old in wanted or self.client.hexists(self._key["prof"], old):
                     continue
                 live = self.resolve(new)
                 if live is not None and live != old:
@@ -524,5 +713,5 @@ class RedisIdentityStore:
             added += len(wanted)
 
     def clear(self) -> None:
-        """Delete this graph's keys (tests, and `idstream rebuild --force`)."""
-        self.client.delete(*self.keys, self._key["fired"])
+        """Delete this deployment's keys, those of the old layout included (tests, `idstream rebuild --force`)."""
+        self.client.delete(*self._all_keys())

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         description="Redis for the identity graph; unset means the embedded runtime starts one.",
     )
     redis_prefix: str = Field("idstream", description="Hash tag and prefix of every key of the graph.")
+    dedup_days: int = Field(
+        14, ge=1, description="Days an applied event id is remembered: a redelivery within them changes nothing."
+    )
     kafka_bootstrap_servers: str | None = Field(
         None,
         validation_alias=AliasChoices("IDSTREAM_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
@@ -281,6 +284,7 @@ class Settings(BaseSettings):
             Normalizer(self.normalizer_config()),
             self.redis_prefix,
             self.erasure_key.get_secret_value().encode(),
+            dedup_days=self.dedup_days,
         )
 
     def warehouse_writer(self) -> WarehouseWriter:

@@ -146,7 +146,7 @@ def assert_nothing_lost(deployment: Deployment, touches: list[Touch], *, dead_le
     same events, and the dead-letter topic holds only the ``dead_letters`` expected."""
     store = deployment.store()
     distinct = {t.event_id: t for t in touches}
-    assert store.client.scard(f"{{{store.prefix}}}:seen") == len(distinct), "every event applied, none twice"
+    assert store.applied_events() == len(distinct), "every event applied, none twice"
     offline = IdentityGraph()
     results = offline.apply_many(list(distinct.values()))
     assert store.persons() == offline.persons()

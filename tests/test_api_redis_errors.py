@@ -207,7 +207,7 @@ def test_redis_going_away_answers_503_and_readyz_not_ready(tmp_path: Path) -> No
 def test_a_refusal_no_retry_fixes_is_a_500_that_names_the_store(redis_client: redis.Redis, redis_url: str) -> None:
     """A key of the wrong type (WRONGTYPE: not transient) is the operator's to fix: 500 store_error, logged."""
     store = RedisIdentityStore(redis_client, prefix=f"wrongtype-{uuid.uuid4().hex[:10]}")
-    redis_client.set(f"{{{store.prefix}}}:owner", "not a hash")
+    redis_client.set(f"{{{store.prefix}}}:idx", "not a hash")
 
     async def scenario(client: TestClient[Any, Any]) -> None:
         response = await client.get("/v1/lookup", params=IVAN)
@@ -220,4 +220,4 @@ def test_a_refusal_no_retry_fixes_is_a_500_that_names_the_store(redis_client: re
     try:
         serve(redis_url, store, scenario, timeout=3.0)
     finally:
-        redis_client.delete(f"{{{store.prefix}}}:owner")
+        redis_client.delete(f"{{{store.prefix}}}:idx")

@@ -54,7 +54,7 @@ def _health(port: int) -> int:
 
 def _applied(deployment: Deployment, client: redis.Redis) -> int:
     try:
-        return int(client.scard(f"{{{deployment.settings.redis_prefix}}}:seen"))
+        return deployment.settings.redis_store(client).applied_events()
     except redis.RedisError:  # BUSY or stopped: the test's own reads wait like everyone's
         return -1
 

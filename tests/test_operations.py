@@ -242,7 +242,7 @@ def supervise(deployment: Deployment, until: Callable[[], bool], timeout: float,
 def assert_exactly_once_effect(deployment: Deployment, store: RedisIdentityStore, touches: list[Touch]) -> None:
     """Every touch applied, none twice: the graph and every golden profile (touch counts) equal the reference."""
     expected = reference(touches)
-    seen = store.client.scard(f"{{{store.prefix}}}:seen")
+    seen = store.applied_events()
     assert seen == len(touches)
     assert store.persons() == expected.persons()
     assert list(store.profiles()) == list(expected.profiles())
@@ -259,9 +259,8 @@ def test_redis_killed_mid_ingest_and_restarted_from_its_aof_loses_and_doubles_no
         values = wire(touches)
         deployment.start_worker(IDSTREAM_GIVE_UP_AFTER="120")
         deployment.produce(values[: len(values) // 2])
-        client = redis.Redis.from_url(server.url)
-        seen_key = f"{{{deployment.settings.redis_prefix}}}:seen"
-        wait_for(lambda: client.scard(seen_key) > 0, 120, "the worker to start applying")
+        applied = deployment.settings.redis_store(redis.Redis.from_url(server.url))
+        wait_for(lambda: applied.applied_events() > 0, 120, "the worker to start applying")
         deployment.produce(values[len(values) // 2 :])
         server.process.send_signal(signal.SIGKILL)  # mid-batch or between batches: no goodbye either way
         server.process.wait(10)
@@ -307,8 +306,7 @@ def test_a_broker_restart_during_ingest_loses_and_doubles_nothing(
         deployment.start_worker()
         deployment.produce(values[: len(values) // 2])
         store = deployment.store()
-        seen_key = f"{{{store.prefix}}}:seen"
-        wait_for(lambda: store.client.scard(seen_key) > 0, 120, "the worker to start applying")
+        wait_for(lambda: store.applied_events() > 0, 120, "the worker to start applying")
         broker.process.send_signal(signal.SIGKILL)
         broker.process.wait(10)
         broker = start_broker(tmp_path / "broker", broker.port, storage="s3://tansu/", env=s3)
@@ -317,7 +315,7 @@ def test_a_broker_restart_during_ingest_loses_and_doubles_nothing(
         deployment.produce(values[len(values) // 2 :])
         supervise(
             deployment,
-            lambda: store.client.scard(seen_key) == len(touches) and deployment.lag() == 0,
+            lambda: store.applied_events() == len(touches) and deployment.lag() == 0,
             300,
             "the worker to consume everything after the broker restart",
         )

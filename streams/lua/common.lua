@@ -1,7 +1,19 @@
 -- idstream: helpers every script starts with (streams/redis_store.py prepends this file to each one,
--- since Redis scripts cannot share code).
+-- since Redis scripts cannot share code). Scripts only load and commit: every decision is made by the
+-- engine in Python (identity/), none here.
 
 local RS, GS = "\30", "\29"
+
+-- byte order, whatever the server's locale (Lua's < on strings uses strcoll)
+local function lt(a, b)
+  if a == b then return false end
+  local m = math.min(#a, #b)
+  for i = 1, m do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 
 local function split(s, sep)
   local out = {}
@@ -15,25 +27,12 @@ local function split(s, sep)
   end
 end
 
--- the handle of the live person behind a profile id, following the redirects of retired ids
-local function live_handle(pidx, redirect, pid)
+-- the live profile id behind a profile id, following the redirects of retired ids (prof, redirect: keys)
+local function live_pid(prof, redirect, pid)
   for _ = 1, 64 do
-    local handle = redis.call("HGET", pidx, pid)
-    if handle then return handle, pid end
+    if redis.call("HEXISTS", prof, pid) == 1 then return pid end
     pid = redis.call("HGET", redirect, pid)
     if not pid then return nil end
   end
   return nil
 end
-
--- the golden aggregate (or false) of every identifier of a stored person record
-local function person_aggs(agg, record)
-  local nodes = split(split(record, RS)[5], GS)
-  local aggs = {}
-  for i = 1, #nodes, 1000 do
-    local part = redis.call("HMGET", agg, unpack(nodes, i, math.min(i + 999, #nodes)))
-    for _, a in ipairs(part) do aggs[#aggs + 1] = a end
-  end
-  return aggs
-end
-
