@@ -264,6 +264,31 @@ class _Person:
         self.counts: dict[str, int] = {}
 
 
+#: Persons a hub remembers by name: the newest ones seen with it (what a lookup lists and explains).
+HUB_SAMPLE = 100
+
+
+class _Hub:
+    """What a hub keeps of its sightings: how many persons were seen with it, the newest few by id."""
+
+    __slots__ = ("count", "sample")
+
+    def __init__(self, count: int = 0, sample: dict[str, EventKey] | None = None) -> None:
+        self.count = count
+        self.sample: dict[str, EventKey] = sample if sample is not None else {}  # profile id -> newest key
+
+    def see(self, pid: str, key: EventKey) -> None:
+        sample = self.sample
+        held = sample.get(pid)
+        if held is None:
+            self.count += 1
+            sample[pid] = key
+            if len(sample) > HUB_SAMPLE:
+                del sample[min(sample, key=lambda p: (sample[p], p))]
+        elif held < key:
+            sample[pid] = key
+
+
 @dataclass(slots=True)
 class _Group:
     """An evidence group: nodes joined by any evidence, accepted or refused."""
@@ -296,6 +321,8 @@ class IdentityGraph:
         self._aggregate = aggregate
         #: identifiers whose aggregate a touch or an erasure changed (what a store commits)
         self.folded: set[Identifier] = set()
+        #: profile ids (re)created since the store last cleared it: a redirect they had is gone (what a store commits)
+        self.born: set[str] = set()
         self.normalizer = normalizer or Normalizer()
         self._erasure_key = erasure_key
         self._owner: dict[Identifier, _Person] = {}
@@ -316,6 +343,7 @@ class IdentityGraph:
         # constraints, a function of each group's evidence (recomputed when it replays)
         self._shared: set[Identifier] = set()
         self._apart: dict[Identifier, set[Identifier]] = {}
+        self._hubs: dict[Identifier, _Hub] = {}  # shared identifiers out of every group (see "Hubs")
         # erasure: keyed hash -> newest event key the erased person held; and the newest of those
         self._erased: dict[str, EventKey] = {}
         self._erase_max: EventKey = (-1, "")
@@ -346,6 +374,17 @@ class IdentityGraph:
             accepted = [i for i in accepted if not self._erased_at(i, key)]
         if not accepted:
             return ApplyResult(eid, "unresolved", rejected=bad)
+        hubs = self._hubs
+        if hubs and any(i in hubs for i in accepted):
+            return self._apply_with_hubs(touch, accepted, bad)
+        result = self._apply_accepted(touch, accepted, bad)
+        if self._shared and len(accepted) > 1:
+            return self._detach_hubs(accepted, result)
+        return result
+
+    def _apply_accepted(self, touch: Touch, accepted: list[Identifier], bad: tuple[Rejection, ...]) -> ApplyResult:
+        """Apply a non-erasing event whose identifiers (no hub among them) are normalized and not erased."""
+        eid, key = touch.event_id, touch.key
         mode = _MODES.get(touch.type, AUTO)
         if mode == UNLINK:
             event = _Evidence(key, touch.source[:200], tuple(sorted(accepted, key=self._order)), mode)
@@ -394,6 +433,99 @@ class IdentityGraph:
             return ApplyResult(eid, "applied", primary, (ProfileChange("updated", primary, eid),), (), bad)
         return self._replay(event, roots, bad, "reordered")
 
+    # ------------------------------------------------------------------ hubs
+    #
+    # A shared identifier seen with more than ``policy.hub_neighbours`` distinct identifiers (an office
+    # switchboard, ``info@``, a shared device) is a *hub*. It leaves its neighbours' evidence group for
+    # good: its evidence is filed without it, it stays shared (sticky: no later evidence makes it personal
+    # again), it keeps the touches seen with it alone, and of the persons seen with it only how many and
+    # the newest :data:`HUB_SAMPLE` by profile id. So no event's cost depends on how often it was seen.
+
+    def _apply_with_hubs(self, touch: Touch, accepted: list[Identifier], bad: tuple[Rejection, ...]) -> ApplyResult:
+        hubs = self._hubs
+        rest = [i for i in accepted if i not in hubs]
+        if not rest:  # the hub alone (a call from the switchboard): its own touch
+            strongest = min(accepted, key=self._order)
+            self._fold(touch, touch.key, strongest)
+            pid, eid = self._owner[strongest].id, touch.event_id
+            return ApplyResult(eid, "applied", pid, (ProfileChange("updated", pid, eid),), (), bad)
+        result = self._apply_accepted(touch, rest, bad)
+        if result.profile_id is not None and touch.type is not TouchType.IDENTITY_UNLINK:
+            for hub in accepted:
+                if hub in hubs:
+                    hubs[hub].see(result.profile_id, touch.key)
+        if self._shared and len(rest) > 1:
+            return self._detach_hubs(rest, result)
+        return result
+
+    def _detach_hubs(self, ids: Sequence[Identifier], result: ApplyResult) -> ApplyResult:
+        """Detach the shared identifiers of an event that passed the hub bound from their group."""
+        bound = self.policy.hub_neighbours
+        for x in ids:
+            if x not in self._shared or x in self._hubs or x not in self._parent:
+                continue
+            group = self._groups[self._find(x)]
+            if len(group.nodes) <= bound:
+                continue
+            seen: set[Identifier] = set()
+            for ev in group.evidence.values():
+                if ev.mode == AUTO and x in ev.ids:
+                    seen.update(ev.ids)
+            if len(seen) - 1 > bound:
+                changes = self._detach(x, result.event_id)
+                named = {c.profile_id for c in result.changes}
+                extra = tuple(c for c in changes if c.profile_id not in named)
+                result = result._replace(changes=result.changes + extra)
+        return result
+
+    def _detach(self, x: Identifier, eid: str) -> tuple[ProfileChange, ...]:
+        """Make a shared identifier a hub: take it out of its group's evidence, into a group of its own."""
+        own = self._owner[x]
+        pid, created, born = own.id, own.created, self._born[x]
+        nodes, records, before = self._unfile({self._find(x)})
+        sightings: list[tuple[EventKey, tuple[Identifier, ...]]] = []
+        kept: dict[Signature, _Evidence] = {}
+        for record in records.values():
+            ev = record
+            if x in ev.ids:
+                ids = tuple(i for i in ev.ids if i != x)
+                if ev.mode == AUTO and ids:
+                    sightings.append((ev.key, ids))
+                if not ids:
+                    continue
+                ev = _Evidence(ev.key, ev.source, ids, ev.mode)
+            held = kept.get(ev.signature)
+            if held is None or ev.key < held.key:
+                kept[ev.signature] = ev
+        self._constrain(kept.values(), nodes)
+        self._refile(kept.values(), None)
+        self._shared.add(x)
+        person = _Person(pid, created, x)
+        self._persons[pid] = person
+        self._redirects.pop(pid, None)
+        self.born.add(pid)
+        self._hparent[x] = x
+        self._hsize[x] = 0
+        self._add_node(person, x, born)
+        self._parent[x] = x
+        self._groups[x] = _Group(max((k for k, _ in sightings), default=born), [x])
+        hub = self._hubs[x] = _Hub()
+        for key, ids in sorted(sightings):
+            firm = [i for i in ids if i not in self._shared]
+            hub.see(self._owner[firm[0] if firm else ids[0]].id, key)
+        after: dict[str, frozenset[Identifier]] = {}
+        for node in nodes:
+            holder = self._owner[node]
+            if holder.id not in after:
+                after[holder.id] = frozenset(holder.nodes)
+        return self._diff(before, after, eid, None)
+
+    def hub(self, ident: Identifier) -> tuple[int, tuple[str, ...]] | None:
+        """For a hub: how many persons were seen with it, and the profile ids of the newest ones (as
+        recorded: some may have merged into others or been erased since)."""
+        hub = self._hubs.get(ident)
+        return (hub.count, tuple(sorted(hub.sample))) if hub is not None else None
+
     def apply_many(self, touches: Iterable[Touch]) -> list[ApplyResult]:
         return [self.apply(t) for t in touches]
 
@@ -420,6 +552,10 @@ class IdentityGraph:
         if person is None:
             return None
         owner = self._owner
+        hub = self._hubs.get(ident)
+        if hub is not None:  # the newest persons seen with it, as they are now
+            live = {self.resolve(pid) for pid in hub.sample}
+            return Match(person.id, tuple(sorted(p for p in live if p is not None and p != person.id)), shared=True)
         records = self._groups[self._find(ident)].evidence.values()
         if ident in self._shared:  # everyone it was seen with, on observed evidence
             others = {
@@ -629,6 +765,7 @@ class IdentityGraph:
         person = _Person(profile_id_for(event.key[1], named_by or ident, shared), event.key, ident)
         self._persons[person.id] = person
         self._redirects.pop(person.id, None)
+        self.born.add(person.id)
         self._hparent[ident] = ident
         self._hsize[ident] = 0
         self._add_node(person, ident, event.key)
@@ -776,6 +913,7 @@ class IdentityGraph:
                 before[person.id] = frozenset(person.nodes)
                 del self._persons[person.id]
             del self._parent[node], self._born[node], self._hparent[node]
+            self._hubs.pop(node, None)
             self._hkey.pop(node, None)
             self._hsize.pop(node, None)
         return nodes, records, before
@@ -938,7 +1076,8 @@ class IdentityGraph:
 
     def _primary_of(self, touch: Touch) -> str | None:
         accepted, _ = self.normalizer.normalize_many(touch.identifiers)
-        return self.lookup(min(accepted, key=self._order)) if accepted else None
+        firm = [i for i in accepted if i not in self._hubs] or accepted
+        return self.lookup(min(firm, key=self._order)) if firm else None
 
     def _render(self, person: _Person) -> dict[str, Any]:
         identifiers: dict[str, list[str]] = {}
@@ -1013,6 +1152,9 @@ class IdentityGraph:
         shared = [index[n] for n in nodes if n in self._shared]
         if shared:
             out["s"] = shared
+        hub = self._hubs.get(root)
+        if hub is not None:
+            out["hub"] = [hub.count, [[pid, k[0], k[1]] for pid, k in hub.sample.items()]]
         apart = self._apart
         if apart:
             pairs = sorted(
@@ -1052,6 +1194,9 @@ class IdentityGraph:
                 self._hparent[n] = nodes[h[1]]
                 self._hkey[n] = key(h[2])
         self._shared.update(nodes[i] for i in unit.get("s", ()))
+        if "hub" in unit:
+            count, sample = unit["hub"]
+            self._hubs[root] = _Hub(count, {pid: (micros, eid) for pid, micros, eid in sample})
         for i, j in unit.get("a", ()):
             self._apart.setdefault(nodes[i], set()).add(nodes[j])
             self._apart.setdefault(nodes[j], set()).add(nodes[i])
@@ -1099,6 +1244,9 @@ class IdentityGraph:
         """What :meth:`match` answers for every contested or shared identifier of one group, in one pass:
         (shared, the other persons with a claim on it). Identifiers claimed by their person alone are left out."""
         owner, shared = self._owner, self._shared
+        hub = self._hubs.get(root)
+        if hub is not None:  # the newest persons seen with it, by the ids they had then
+            return {root: (True, frozenset(hub.sample) - {owner[root].id})}
         found: dict[Identifier, set[str]] = {}
         for ev in self._groups[root].evidence.values():
             if ev.mode == UNLINK:

@@ -201,7 +201,7 @@ def parse_read(raw: Any) -> Found | None:
     pid, flag = _text(pid_raw), _text(flag_raw)
     profile = decode_profile(record)
     listed = [_text(o) for o in others_raw or ()]
-    others = tuple(dict.fromkeys(o for o in listed if o != pid))
+    others = tuple(sorted({o for o in listed if o != pid}))  # ranked for display by the lookup API
     capped = _text(total_raw)
     beyond = int(capped) - len(listed) if capped else 0  # claimants past the cap, not read
     if flag == "s":
@@ -238,7 +238,7 @@ def _list(value: Any) -> list[Any]:
 class _Loaded(NamedTuple):
     view: IdentityGraph
     versions: dict[str, str]  # unit id -> version read
-    units: dict[str, tuple[bytes, bytes]]  # unit id -> (unit, aggregates) as read
+    units: dict[str, tuple[dict[str, Any], frozenset[str]]]  # unit id -> (unit as read, its aggregates' nodes)
     entries: dict[str, str]  # node -> index entry, for every identifier of the units read
     persons: dict[str, frozenset[Identifier]]
     absent: list[str]  # the batch's nodes that had no index entry
@@ -390,17 +390,18 @@ class RedisIdentityStore:
                 erased[digest] = _key(_text(held))
                 view.load_erased(digest, erased[digest])
         versions: dict[str, str] = {}
-        raw_units: dict[str, tuple[bytes, bytes]] = {}
+        raw_units: dict[str, tuple[dict[str, Any], frozenset[str]]] = {}
         index: dict[str, str] = {}
         persons: dict[str, frozenset[Identifier]] = {}
         for gid_raw, unit_raw, agg_raw, version in _list(units):
             gid = _text(gid_raw)
             versions[gid] = _text(version)
-            raw_units[gid] = (unit_raw, agg_raw)
-            root = view.load_unit(_unpack(unit_raw))
-            if agg_raw:
-                for node, agg in _unpack(agg_raw).items():
-                    view.load_aggregate(_ident(node), Stored(agg))
+            unit = _unpack(unit_raw)
+            root = view.load_unit(unit)
+            aggs = _unpack(agg_raw) if agg_raw else {}
+            for node, agg in aggs.items():
+                view.load_aggregate(_ident(node), Stored(agg))
+            raw_units[gid] = (unit, frozenset(aggs))
             index.update(self._index(view, root, gid))
             persons.update(view.unit_persons(root))
         seen_before: dict[str, tuple[str, str]] = {}
@@ -413,6 +414,7 @@ class RedisIdentityStore:
             else:
                 unseen.append(eid)
         view.folded.clear()
+        view.born.clear()
         absent = [n for n, v in zip(nodes, _list(values), strict=True) if not v]
         return _Loaded(view, versions, raw_units, index, persons, absent, unseen, seen_before, erased, self._erase_max)
 
@@ -434,6 +436,11 @@ class RedisIdentityStore:
                 continue
             shared, others = claim
             entry = f"{gid}{RS}{pid}{RS}{'s' if shared else 'c'}{RS}"
+            hub = view.hub(ident)
+            if hub is not None:  # a hub names the newest persons seen with it and counts them all
+                count = hub[0]
+                out[node_of(ident)] = entry + GS.join(sorted(others)) + (f"{RS}{count}" if count > len(others) else "")
+                continue
             if len(others) <= MAX_CLAIMS:
                 out[node_of(ident)] = entry + GS.join(sorted(others))
                 continue
@@ -453,27 +460,33 @@ class RedisIdentityStore:
         index: dict[str, str] = {}
         persons: dict[str, frozenset[Identifier]] = {}
         live: set[str] = set()
+        folded = view.folded
         for root in view.unit_roots():
             gid = unit_id(root)
             live.add(gid)
-            unit = _pack(view.export_unit(root))
+            exported = view.export_unit(root)
             nodes = view.unit_nodes(root)
             aggs: dict[str, Any] = {}
             for ident in nodes:
                 agg = view.aggregate_of(ident)
                 if agg is not None:
                     aggs[node_of(ident)] = agg.serialize()
-            agg_raw = _pack(aggs) if aggs else b""
             before = loaded.units.get(gid)
             unit_persons = view.unit_persons(root)
             persons.update(unit_persons)
-            if before is not None and before[0] == unit and before[1] == agg_raw:
+            # unchanged: the same unit, the same identifiers with aggregates, none of them folded into
+            if (
+                before is not None
+                and before[0] == exported
+                and before[1] == aggs.keys()
+                and (not folded or folded.isdisjoint(nodes))
+            ):
                 continue
             self.largest_component = max(self.largest_component, len(nodes))
             stamped.append(gid)
-            unit_set += [gid, unit]
-            if agg_raw:
-                agg_set += [gid, agg_raw]
+            unit_set += [gid, _pack(exported)]
+            if aggs:
+                agg_set += [gid, _pack(aggs)]
             elif before is not None and before[1]:
                 agg_del.append(gid)
             index.update(self._index(view, root, gid))
@@ -500,7 +513,9 @@ class RedisIdentityStore:
         for old, new in view.redirects.items():
             if old not in persons:
                 redirect_set += [old, new]
-        redirect_del = [pid for pid in persons if pid not in loaded.persons]
+        # a person (re)created here drops the redirect it had, even if it merged or was erased since
+        reborn = view.born - view.redirects.keys()
+        redirect_del = sorted({pid for pid in persons if pid not in loaded.persons} | reborn)
         seen_set: list[str] = []
         for eid, (fingerprint, source) in view.seen_ids().items():
             if eid not in loaded.seen:

@@ -620,3 +620,96 @@ def test_explanations_show_the_evidence_path_and_why_a_link_was_not_followed(mak
     reference.apply_many(colleagues())
     assert person == explain(reference, reference.policy, profile_id=reference.lookup(anna))
     assert explain(graph, graph.policy, a=Identifier("email", "nobody@mail.ru")) is None
+
+
+# ---------------------------------------------------------------------------------------------- hubs
+
+HUB_POLICY = ResolutionPolicy(hub_neighbours=8)
+
+
+def switchboard_day(start: int, visitors: int) -> list[Touch]:
+    """The office switchboard calls in from new visitors' sessions, one after another (calltracking)."""
+    return [
+        touch(f"sb-{i}", i, OFFICE, ("ym_client_id", f"17000{i:08d}"), type="call", source="calltouch")
+        for i in range(start, start + visitors)
+    ]
+
+
+def test_a_switchboard_past_the_hub_bound_leaves_every_visitors_group(make_store: StoreFactory) -> None:
+    """Past ``hub_neighbours`` the switchboard is a hub: no visitor's evidence group holds it any more, so an
+    event's cost depends on its own person, and it still glues nobody and names the newest visitors."""
+    graph = make_store(HUB_POLICY)
+    graph.apply_many(switchboard_day(0, 40))
+    visitors = [graph.lookup(Identifier("ym_client_id", f"17000{i:08d}")) for i in range(40)]
+    assert None not in visitors
+    assert len(set(visitors)) == 40  # nobody glued
+    assert OFFICE_E164 in graph.shared()
+    for i in (0, 20, 39):  # before and after it became a hub: each visitor's group is the visitor alone
+        view = graph.group_view(Identifier("ym_client_id", f"17000{i:08d}"))
+        assert view is not None
+        assert set(view.owner) == {Identifier("ym_client_id", f"17000{i:08d}")}
+    hub = graph.group_view(OFFICE_E164)
+    assert hub is not None
+    assert set(hub.owner) == {OFFICE_E164}
+    assert hub.shared == {OFFICE_E164}
+    switchboard = graph.match(OFFICE_E164)
+    assert switchboard is not None
+    assert switchboard.shared
+    assert switchboard.ambiguous
+    assert set(switchboard.candidates) == set(visitors)  # fewer than HUB_SAMPLE: everyone is named
+    # a call from the switchboard alone is its own touch; a visitor who leaves a form is a person of their own
+    alone = graph.apply(touch("sb-alone", 100, OFFICE, type="call", source="calltouch"))
+    assert alone.profile_id == switchboard.profile_id
+    form = graph.apply(touch("sb-form", 101, OFFICE, ("ym_client_id", "1700000000003"), ("email", "lead@ya.ru"),
+                            type="form_submit"))  # fmt: skip
+    assert form.profile_id == visitors[3]
+    assert graph.lookup_raw("email", "lead@ya.ru") == visitors[3]
+    assert graph.lookup(OFFICE_E164) == switchboard.profile_id
+    hub_profile = graph.profile(switchboard.profile_id)
+    assert hub_profile is not None
+    assert hub_profile["identifiers"] == {"phone": [OFFICE_E164.value]}
+    assert sum(hub_profile["touch_counts"].values()) >= 1
+
+
+def test_a_hub_names_the_newest_persons_and_forgets_an_erased_one(make_store: StoreFactory) -> None:
+    from identity.graph import HUB_SAMPLE
+
+    graph = make_store(HUB_POLICY)
+    graph.apply_many(switchboard_day(0, HUB_SAMPLE + 30))
+    newest = {graph.lookup(Identifier("ym_client_id", f"17000{i:08d}")) for i in range(30, HUB_SAMPLE + 30)}
+    switchboard = graph.match(OFFICE_E164)
+    assert switchboard is not None
+    assert set(switchboard.candidates) == newest
+    gone = Identifier("ym_client_id", f"17000{HUB_SAMPLE + 29:08d}")
+    erased_pid = graph.lookup(gone)
+    graph.apply(touch("erase-1", 10_000, ("ym_client_id", gone.value), type="erase_request", source="dpo"))
+    after = graph.match(OFFICE_E164)
+    assert after is not None
+    assert erased_pid not in after.candidates
+    assert set(after.candidates) == newest - {erased_pid}
+
+
+def test_a_hub_keeps_its_state_bounded_in_redis(redis_client: redis.Redis) -> None:
+    """What Redis keeps for a hub (its unit and index entry) stops growing with its sightings."""
+    from streams.redis_store import node_of
+
+    store = RedisIdentityStore(redis_client, HUB_POLICY, prefix=f"test-{uuid.uuid4().hex[:12]}")
+    sizes = []
+    for part in range(4):
+        stream = switchboard_day(part * 150, 150)
+        for start in range(0, len(stream), 50):
+            store.apply_batch(stream[start : start + 50])
+        entry: bytes | None = redis_client.hget(f"{{{store.prefix}}}:idx", node_of(OFFICE_E164))  # type: ignore[assignment]
+        assert entry is not None
+        unit: bytes | None = redis_client.hget(f"{{{store.prefix}}}:unit", entry.split(b"\x1e")[0])  # type: ignore[assignment]
+        assert unit is not None
+        sizes.append((len(entry), len(unit)))
+    found = store.read_identifier(OFFICE_E164)
+    assert found is not None
+    assert found.shared
+    assert found.total == 600  # every visitor counted, the newest named
+    assert len(found.candidates) == 100
+    (entry_early, unit_early), (entry_late, unit_late) = sizes[1], sizes[-1]
+    assert entry_late <= entry_early * 1.05, sizes
+    assert unit_late <= unit_early * 1.05, sizes
+    store.clear()
