@@ -124,6 +124,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings()
     found = servers(settings)
+    legacy = settings.redis_store(settings.redis_client(found.redis))
+    if legacy.has_legacy_keys():
+        print(
+            f"idstream: Redis holds the graph {{{settings.redis_prefix}}} in the layout of an earlier version; "
+            "stop every worker and migrate it from the touch topics with `idstream rebuild --force`",
+            file=sys.stderr,
+        )
+        return 2
     ensure_topics(settings, found.kafka)
     tune_gc()
     app = create_app(settings, found.kafka, found.redis)

@@ -164,8 +164,9 @@ def rebuild(
 ) -> RebuildReport:
     """Replay the touch topics into ``store`` (which must be empty) and restore versions, triggers, redirects."""
     if not store.is_empty():
+        layout = " (in the layout of an earlier version)" if store.has_legacy_keys() else ""
         raise ConfigurationError(
-            f"the Redis graph {{{store.prefix}}} is not empty: rebuild fills an empty one "
+            f"the Redis graph {{{store.prefix}}} is not empty{layout}: rebuild fills an empty one "
             "(`idstream rebuild --force` deletes this graph first)"
         )
     report = RebuildReport()

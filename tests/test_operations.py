@@ -94,12 +94,30 @@ def test_rebuild_replays_kafka_into_an_empty_redis_with_the_same_persons_ids_and
     published = [json.loads(v) for _, v in deployment.read(deployment.settings.profiles_topic) if v]
     assert first.redirects, "the stream should retire some profile ids by merges"
 
+    # the rebuild is also how a deployment of an earlier version migrates: plant keys of the old layout there
     prefix = deployment.settings.redis_prefix + "-rebuilt"
     env = {**deployment.env, "IDSTREAM_REDIS_PREFIX": prefix}
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "rebuild"], env=env, cwd=ROOT, capture_output=True, text=True,
-        timeout=300, check=False,
+    old_layout = {f"{{{prefix}}}:owner": ("phone\x1f+79161234567", "p_old"), f"{{{prefix}}}:agg": ("p_old", "{}")}
+    for key, (field, value) in old_layout.items():
+        first.client.hset(key, field, value)
+    first.client.sadd(f"{{{prefix}}}:seen", "e-old")
+    refused = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=120, check=False,
     )  # fmt: skip
+    assert refused.returncode == 2  # a worker does not start a second, empty graph beside the old one
+    assert "idstream rebuild --force" in refused.stderr
+    kept = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "rebuild", "--quiet"], env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert kept.returncode == 2
+    assert "layout of an earlier version" in kept.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "rebuild", "--force"], env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert not first.client.exists(*old_layout, f"{{{prefix}}}:seen")  # the old layout is gone
     assert done.returncode == 0, done.stderr
     assert f"{len(touches)}/{len(touches)}" in done.stderr  # the progress bar reached the end
     report = json.loads(done.stdout)["rebuild"]
