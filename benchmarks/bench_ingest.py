@@ -111,6 +111,18 @@ def per_1000(before: float | None, after: float | None, events: int) -> float | 
     return None if before is None or after is None else round((after - before) / events * 1000, 4)
 
 
+def _count(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _over(worker: float | None, reference: float | None) -> float | None:
+    """The worker's CPU per event above the do-nothing Faust agent's, in microseconds (from s per 1,000)."""
+    return None if worker is None or reference is None else round((worker - reference) * 1000, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -135,8 +147,20 @@ def main() -> None:
         ref_orjson_s = asyncio.run(bare_consume(d.kafka, topic, len(values), orjson.loads))
         ref_s = min(ref_json_s, ref_orjson_s)
 
+        say("reference: a do-nothing Faust agent on the same topic")
+        count_file = d.tmp / "faust-noop.count"
+        noop = d.start_faust_noop(count_file)
+        wait_for(lambda: _count(count_file) > 0, 120, "the Faust reference's first batch", every=0.01)
+        noop_start, noop_cpu0 = time.perf_counter(), cpu_seconds(noop.pid)
+        wait_for(lambda: _count(count_file) >= len(values), args.timeout, "the Faust reference", every=0.05)
+        noop_s, noop_cpu1 = time.perf_counter() - noop_start, cpu_seconds(noop.pid)
+        noop_seen = _count(count_file)
+        noop.terminate()
+        noop.wait(30)
+
         client = redis.Redis.from_url(d.redis_url)
         applied = settings.redis_store(client)
+        client.config_resetstat()
         redis_cpu = client.info("cpu")
         say("worker: starting")
         worker = d.start_worker()
@@ -151,7 +175,8 @@ def main() -> None:
         worker_s = time.perf_counter() - start
         cpu1, broker1 = cpu_seconds(worker.pid), cpu_seconds(d.broker_pid)
         redis_cpu_after = client.info("cpu")
-        evalsha = client.info("commandstats").get("cmdstat_evalsha", {})
+        commands = client.info("commandstats")
+        redis_usec = sum(float(stats.get("usec", 0)) for stats in commands.values())
         if worker.poll() is not None:
             raise SystemExit(f"the worker died:\n{d.worker_log()[-2000:]}")
         updates = end_offsets(d.kafka, settings.profiles_topic)
@@ -180,9 +205,21 @@ def main() -> None:
         "worker_cpu_s_per_1000": per_1000(cpu0, cpu1, events),
         "redis_cpu_s_per_1000": round(redis_cpu_s / events * 1000, 4),
         "broker_cpu_s_per_1000": per_1000(broker0, broker1, events),
-        "redis_us_per_event": round(float(evalsha.get("usec", 0)) / events, 1),
+        "redis_us_per_event": round(redis_usec / events, 1),
+        "redis_calls_per_event": round(sum(int(c.get("calls", 0)) for c in commands.values()) / events, 3),
+        "redis_projected_events_per_s": round(events / (redis_usec / 1e6)) if redis_usec else None,
+        "faust_noop_events_per_s": round(noop_seen / noop_s),
+        "faust_noop_cpu_s_per_1000": per_1000(noop_cpu0, noop_cpu1, noop_seen),
+        "worker_over_faust_us_per_event": _over(
+            per_1000(cpu0, cpu1, events), per_1000(noop_cpu0, noop_cpu1, noop_seen)
+        ),
         **mem,
-        "targets": {"events_per_s": 20_000, "to_reference": 0.2, "graph_bytes_per_identifier": 300},
+        "targets": {
+            "redis_us_per_event": 25,
+            "worker_over_faust_us_per_event": 150,
+            "graph_bytes_per_identifier": 300,
+            "profile_bytes_per_person": 1500,
+        },
         **machine(),
     }
     if args.py_spy is not None:

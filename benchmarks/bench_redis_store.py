@@ -69,7 +69,7 @@ def main() -> None:
                     "redis_us_per_event": round(stats.get("usec", 0) / len(stream), 1),
                     "graph_bytes_per_identifier": mem["graph_bytes_per_identifier"],
                     "profile_bytes_per_person": mem["profile_bytes_per_person"],
-                    "seen_bytes_per_event": round(mem["bytes_by_key"]["seen"] / len({t.event_id for t in stream})),
+                    "seen_bytes_per_event": round(mem["applied_id_bytes"] / len({t.event_id for t in stream})),
                     "bytes_by_key": mem["bytes_by_key"],
                     "redis": client.info("server")["redis_version"],
                     "python": platform.python_version(),

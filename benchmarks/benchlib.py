@@ -103,6 +103,16 @@ class Deployment:
         self.workers.append(worker)
         return worker
 
+    def start_faust_noop(self, count_file: Path) -> subprocess.Popen[bytes]:
+        """The Faust reference (``benchmarks/faust_noop.py``): a do-nothing agent on the touch topic."""
+        out = (self.tmp / "faust-noop.log").open("wb")
+        script = Path(__file__).with_name("faust_noop.py")
+        noop = subprocess.Popen(  # noqa: S603 - our own argv
+            [sys.executable, str(script), str(count_file)], env=self.env, cwd=ROOT, stdout=out, stderr=out
+        )
+        self.workers.append(noop)
+        return noop
+
     def worker_log(self, i: int = 0) -> str:
         return (self.tmp / f"worker-{i}.log").read_text(errors="replace")
 
@@ -141,8 +151,9 @@ def deployment(partitions: int, overrides: dict[str, str], *, redis_url: str | N
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-#: The hashes of the identity graph and its index (the rest: golden-profile aggregates, seen ids, metadata).
-GRAPH_KEYS = ("owner", "person", "pidx", "redirect", "gparent", "group", "ev", "born", "hparent", "hkey", "hsize")
+#: The hashes of the identity graph and its index; the golden-profile state is ``uagg`` and ``prof``.
+GRAPH_KEYS = ("idx", "unit", "uver", "redirect")
+PROFILE_KEYS = ("uagg", "prof")
 
 
 def redis_memory(client: Any, prefix: str) -> dict[str, Any]:
@@ -150,16 +161,21 @@ def redis_memory(client: Any, prefix: str) -> dict[str, Any]:
     from streams.redis_store import KEY_NAMES  # noqa: PLC0415
 
     key = {name: f"{{{prefix}}}:{name}" for name in KEY_NAMES}
+    for day in client.scan_iter(match=f"{{{prefix}}}:seen:*", count=1000):
+        name = day.decode() if isinstance(day, bytes) else day
+        key["seen:" + name.rsplit(":", 1)[-1]] = name
     usage = {name: int(client.memory_usage(k, samples=0) or 0) for name, k in key.items()}
-    identifiers = int(client.hlen(key["owner"]))
-    persons = int(client.hlen(key["person"]))
+    identifiers = int(client.hlen(key["idx"]))
+    persons = int(client.hlen(key["prof"]))
     graph = sum(usage[k] for k in GRAPH_KEYS)
+    profiles = sum(usage[k] for k in PROFILE_KEYS)
     return {
         "identifiers": identifiers,
         "persons": persons,
         "graph_bytes_per_identifier": round(graph / max(identifiers, 1)),
-        "profile_bytes_per_person": round(usage["agg"] / max(persons, 1)),
-        "other_bytes": sum(usage.values()) - graph - usage["agg"],
+        "profile_bytes_per_person": round(profiles / max(persons, 1)),
+        "applied_id_bytes": sum(v for k, v in usage.items() if k.startswith("seen:")),
+        "other_bytes": sum(usage.values()) - graph - profiles,
         "bytes_by_key": usage,
     }
 
