@@ -378,12 +378,15 @@ class IdentityGraph:
         if hubs and any(i in hubs for i in accepted):
             return self._apply_with_hubs(touch, accepted, bad)
         result = self._apply_accepted(touch, accepted, bad)
-        if self._shared and len(accepted) > 1:
+        if self._shared:
             return self._detach_hubs(accepted, result)
         return result
 
-    def _apply_accepted(self, touch: Touch, accepted: list[Identifier], bad: tuple[Rejection, ...]) -> ApplyResult:
-        """Apply a non-erasing event whose identifiers (no hub among them) are normalized and not erased."""
+    def _apply_accepted(
+        self, touch: Touch, accepted: list[Identifier], bad: tuple[Rejection, ...], *, fold: bool = True
+    ) -> ApplyResult:
+        """Apply a non-erasing event whose identifiers (no hub among them) are normalized and not erased
+        (``fold``: its touch goes to the strongest of them; else the caller folds it elsewhere)."""
         eid, key = touch.event_id, touch.key
         mode = _MODES.get(touch.type, AUTO)
         if mode == UNLINK:
@@ -391,7 +394,8 @@ class IdentityGraph:
             roots = {self._find(i) for i in event.ids if i in self._parent}
             return self._replay(event, roots, bad, self._status(roots, key))
         strongest = accepted[0] if len(accepted) == 1 else min(accepted, key=self._order)
-        self._fold(touch, key, strongest)
+        if fold:
+            self._fold(touch, key, strongest)
         owner = self._owner
         person = owner.get(strongest)
         if person is not None and mode == AUTO:
@@ -435,43 +439,52 @@ class IdentityGraph:
 
     # ------------------------------------------------------------------ hubs
     #
-    # A shared identifier seen with more than ``policy.hub_neighbours`` distinct identifiers (an office
-    # switchboard, ``info@``, a shared device) is a *hub*. It leaves its neighbours' evidence group for
+    # A shared identifier (an office switchboard, ``info@``, a shared device) whose evidence group holds
+    # more than ``policy.hub_group_size`` identifiers is a *hub*. It leaves its neighbours' evidence group for
     # good: its evidence is filed without it, it stays shared (sticky: no later evidence makes it personal
-    # again), it keeps the touches seen with it alone, and of the persons seen with it only how many and
-    # the newest :data:`HUB_SAMPLE` by profile id. So no event's cost depends on how often it was seen.
+    # again), touches still go to the strongest identifier (the hub's own person when it is the strongest,
+    # as before), and of the persons seen with it it keeps only how many and the newest :data:`HUB_SAMPLE`
+    # by profile id. So no event's cost depends on how often it was seen.
 
     def _apply_with_hubs(self, touch: Touch, accepted: list[Identifier], bad: tuple[Rejection, ...]) -> ApplyResult:
         hubs = self._hubs
+        eid = touch.event_id
         rest = [i for i in accepted if i not in hubs]
+        strongest = min(accepted, key=self._order)
         if not rest:  # the hub alone (a call from the switchboard): its own touch
-            strongest = min(accepted, key=self._order)
             self._fold(touch, touch.key, strongest)
-            pid, eid = self._owner[strongest].id, touch.event_id
+            pid = self._owner[strongest].id
             return ApplyResult(eid, "applied", pid, (ProfileChange("updated", pid, eid),), (), bad)
-        result = self._apply_accepted(touch, rest, bad)
-        if result.profile_id is not None and touch.type is not TouchType.IDENTITY_UNLINK:
+        # the touch goes to the strongest identifier as it did before the value became a hub (so touches
+        # land where they would in any arrival order); the evidence is filed without the hub
+        into_hub = strongest in hubs
+        result = self._apply_accepted(touch, rest, bad, fold=not into_hub)
+        seen_with = result.profile_id
+        if seen_with is not None and touch.type is not TouchType.IDENTITY_UNLINK:
             for hub in accepted:
                 if hub in hubs:
-                    hubs[hub].see(result.profile_id, touch.key)
-        if self._shared and len(rest) > 1:
+                    hubs[hub].see(seen_with, touch.key)
+        if into_hub and touch.type is not TouchType.IDENTITY_UNLINK:
+            self._fold(touch, touch.key, strongest)
+            pid = self._owner[strongest].id
+            extra = () if any(c.profile_id == pid for c in result.changes) else (ProfileChange("updated", pid, eid),)
+            result = result._replace(profile_id=pid, changes=result.changes + extra)
+        if self._shared:
             return self._detach_hubs(rest, result)
         return result
 
     def _detach_hubs(self, ids: Sequence[Identifier], result: ApplyResult) -> ApplyResult:
-        """Detach the shared identifiers of an event that passed the hub bound from their group."""
-        bound = self.policy.hub_neighbours
-        for x in ids:
-            if x not in self._shared or x in self._hubs or x not in self._parent:
+        """Detach the shared identifiers of the event's evidence groups that grew past the hub bound."""
+        bound = self.policy.hub_group_size
+        parent, groups = self._parent, self._groups
+        for root in {self._find(i) for i in ids if i in parent}:
+            group = groups.get(root)
+            if group is None or len(group.nodes) <= bound:
                 continue
-            group = self._groups[self._find(x)]
-            if len(group.nodes) <= bound:
-                continue
-            seen: set[Identifier] = set()
-            for ev in group.evidence.values():
-                if ev.mode == AUTO and x in ev.ids:
-                    seen.update(ev.ids)
-            if len(seen) - 1 > bound:
+            shared = sorted((n for n in group.nodes if n in self._shared and n not in self._hubs), key=self._order)
+            for x in shared:  # each detachment may split the group: only a part still too large goes on
+                if len(groups[self._find(x)].nodes) <= bound:
+                    continue
                 changes = self._detach(x, result.event_id)
                 named = {c.profile_id for c in result.changes}
                 extra = tuple(c for c in changes if c.profile_id not in named)
@@ -1076,8 +1089,7 @@ class IdentityGraph:
 
     def _primary_of(self, touch: Touch) -> str | None:
         accepted, _ = self.normalizer.normalize_many(touch.identifiers)
-        firm = [i for i in accepted if i not in self._hubs] or accepted
-        return self.lookup(min(firm, key=self._order)) if firm else None
+        return self.lookup(min(accepted, key=self._order)) if accepted else None
 
     def _render(self, person: _Person) -> dict[str, Any]:
         identifiers: dict[str, list[str]] = {}

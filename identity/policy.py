@@ -134,11 +134,11 @@ class ResolutionPolicy:
     #: Marketing touches per person kept for attribution in the golden profile (the earliest ones; a
     #: conversion after more touches is marked ``truncated`` there; the warehouse keeps every touch).
     attribution_touches: int = 100
-    #: A shared identifier seen with more distinct identifiers than this becomes a *hub* (see
-    #: :mod:`identity.graph`): it leaves its neighbours' evidence group for good and keeps only counts and
-    #: a sample of the newest persons seen with it, so an event's cost never depends on how often a
-    #: switchboard or ``info@`` mailbox was seen. At least 8.
-    hub_neighbours: int = 64
+    #: A shared identifier whose evidence group holds more identifiers than this becomes a *hub* (see
+    #: :mod:`identity.graph`): it leaves the group for good and keeps only counts and a sample of the newest
+    #: persons seen with it, so an evidence group (what a batch loads) stays about person-sized and an
+    #: event's cost never depends on how often a switchboard or ``info@`` mailbox was seen. At least 8.
+    hub_group_size: int = 64
     ranks: ChannelRanks = field(init=False, repr=False, compare=False)
     _point_rules: tuple[tuple[str, str | None, str | None, int], ...] = field(init=False, repr=False, compare=False)
 
@@ -158,8 +158,8 @@ class ResolutionPolicy:
             raise ConfigurationError(f"stages both won and lost: {sorted(self.won_stages & self.lost_stages)}")
         if self.attribution_touches < 0:
             raise ConfigurationError("attribution_touches must not be negative")
-        if self.hub_neighbours < 8:
-            raise ConfigurationError(f"hub_neighbours must be at least 8, got {self.hub_neighbours}")
+        if self.hub_group_size < 8:
+            raise ConfigurationError(f"hub_group_size must be at least 8, got {self.hub_group_size}")
         object.__setattr__(self, "ranks", ChannelRanks(self.channel_ranks))
         rules = tuple((*_parse_point_rule(rule), points) for rule, points in sorted(self.lead_points.items()))
         object.__setattr__(self, "_point_rules", rules)

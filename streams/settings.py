@@ -188,11 +188,11 @@ class Settings(BaseSettings):
     attribution_touches: int = Field(
         100, ge=0, description="Marketing touches per person kept for attribution in the golden profile."
     )
-    hub_neighbours: int = Field(
+    hub_group_size: int = Field(
         64,
         ge=8,
-        description="A shared identifier seen with more distinct identifiers than this becomes a hub: it leaves "
-        "its neighbours' evidence group for good and keeps counts and a sample of the newest persons seen with it.",
+        description="A shared identifier whose evidence group holds more identifiers than this becomes a hub: it "
+        "leaves the group for good and keeps counts and a sample of the newest persons seen with it.",
     )
 
     warehouse_url: str = Field(
@@ -265,7 +265,7 @@ class Settings(BaseSettings):
             shared_clusters=dict(self.shared_clusters),
             channel_ranks=dict(self.channel_ranks),
             attribution_touches=self.attribution_touches,
-            hub_neighbours=self.hub_neighbours,
+            hub_group_size=self.hub_group_size,
         )
 
     def trigger_rules_config(self) -> TriggerRules:

@@ -624,7 +624,7 @@ def test_explanations_show_the_evidence_path_and_why_a_link_was_not_followed(mak
 
 # ---------------------------------------------------------------------------------------------- hubs
 
-HUB_POLICY = ResolutionPolicy(hub_neighbours=8)
+HUB_POLICY = ResolutionPolicy(hub_group_size=8)
 
 
 def switchboard_day(start: int, visitors: int) -> list[Touch]:
@@ -636,7 +636,7 @@ def switchboard_day(start: int, visitors: int) -> list[Touch]:
 
 
 def test_a_switchboard_past_the_hub_bound_leaves_every_visitors_group(make_store: StoreFactory) -> None:
-    """Past ``hub_neighbours`` the switchboard is a hub: no visitor's evidence group holds it any more, so an
+    """Past ``hub_group_size`` the switchboard is a hub: no visitor's evidence group holds it any more, so an
     event's cost depends on its own person, and it still glues nobody and names the newest visitors."""
     graph = make_store(HUB_POLICY)
     graph.apply_many(switchboard_day(0, 40))
