@@ -10,7 +10,8 @@ How a batch is applied (the worker's side of the one engine):
    same code as the in-memory graph. Resolution never looks beyond the groups of an event's identifiers,
    so this view decides exactly as the whole graph would.
 3. **Commit** (one script call, ``lua/commit.lua``): only if every unit read still has its version, every
-   identifier read as new is still new and no event id was applied meanwhile (compare-and-set); then the
+   identifier read as new is still new (compare-and-set; an event another worker applied meanwhile changed
+   one of those); then the
    changed units, index entries, profiles (rendered as served), redirects and applied ids are written and
    the changed units stamped with a new version. Otherwise nothing is written and the batch is loaded and
    resolved again; a batch that keeps losing takes the serial lease (bounded retries, then a serial path:
@@ -242,10 +243,39 @@ class _Loaded(NamedTuple):
     entries: dict[str, str]  # node -> index entry, for every identifier of the units read
     persons: dict[str, frozenset[Identifier]]
     absent: list[str]  # the batch's nodes that had no index entry
-    unseen: list[str]  # the batch's event ids not applied before
     seen: dict[str, tuple[str, str]]
     erased: dict[str, tuple[int, str]]
     erase_max: str
+
+
+class _Committed(NamedTuple):
+    """The profiles a commit wrote and the last of the update versions it reserved for them."""
+
+    profiles: dict[str, dict[str, Any]]
+    last_version: int
+    redirects: dict[str, str]  # retired id -> its survivor, as the batch's view knew them
+
+    def snapshot(self, profile_ids: Sequence[str]) -> Snapshot | None:
+        """The snapshot of these ids as of this commit, or None when one of them was not written by it.
+
+        Versions ``last - len(profiles) + 1 .. last`` are within the ones the commit reserved, so an update
+        with a higher version still always carries a later state.
+        """
+        live: dict[str, str] = {}
+        for requested in profile_ids:
+            pid = requested
+            for _ in range(64):
+                if pid in self.profiles:
+                    break
+                nxt = self.redirects.get(pid)
+                if nxt is None:
+                    return None
+                pid = nxt
+            else:
+                return None
+            live[requested] = pid
+        profiles = {pid: self.profiles[pid] for pid in dict.fromkeys(live.values())}
+        return Snapshot(profiles, live, self.last_version)
 
 
 class RedisIdentityStore:
@@ -287,6 +317,7 @@ class RedisIdentityStore:
         #: Compare-and-set rounds lost to other workers, and batches that took the serial path (metrics).
         self.conflicts = 0
         self.serial_batches = 0
+        self._committed: _Committed | None = None  # what the last commit wrote, for the snapshot after it
 
     # ------------------------------------------------------------------ keys
 
@@ -301,6 +332,7 @@ class RedisIdentityStore:
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         """Apply touches in order, atomically: load, resolve with the engine, compare-and-set."""
         self.largest_component = 0
+        self._committed = None
         if not touches:
             return []
         prepared: list[tuple[Touch, tuple[list[Identifier], list[Rejection]]]] = []
@@ -348,12 +380,13 @@ class RedisIdentityStore:
         loaded = self._read_batch(prepared)
         view = loaded.view
         results = [view.apply(touch, normalized) for touch, normalized in prepared]
-        args, erasing = self._changes(loaded, token)
+        args, erasing, written = self._changes(loaded, token)
         keys = [self._key[n] for n in ("idx", "unit", "uagg", "uver", "prof", "redirect", "erased", "meta", "lease")]
         with mapped("commit"):
-            done, _stamp = self._commit(keys=keys + self._seen_keys(), args=args)
+            done, last_version = self._commit(keys=[*keys, self._seen_keys()[0]], args=args)
         if not int(done):
             return None
+        self._committed = _Committed(written, int(last_version), view.redirects)
         if erasing:
             with mapped("erasure"):
                 self.client.slowlog_reset()  # the slow log keeps script arguments: the erased values among them
@@ -405,18 +438,15 @@ class RedisIdentityStore:
             index.update(self._index(view, root, gid))
             persons.update(view.unit_persons(root))
         seen_before: dict[str, tuple[str, str]] = {}
-        unseen = []
         for eid, held in zip(eids, _list(seen), strict=True):
             if held:
                 text = _text(held)
                 seen_before[eid] = (text[:16], text[16:])
                 view.load_seen(eid, text[:16], text[16:])
-            else:
-                unseen.append(eid)
         view.folded.clear()
         view.born.clear()
         absent = [n for n, v in zip(nodes, _list(values), strict=True) if not v]
-        return _Loaded(view, versions, raw_units, index, persons, absent, unseen, seen_before, erased, self._erase_max)
+        return _Loaded(view, versions, raw_units, index, persons, absent, seen_before, erased, self._erase_max)
 
     def _index(self, view: IdentityGraph, root: Identifier, gid: str) -> dict[str, str]:
         """The index entries of one unit's identifiers (what a lookup reads for each).
@@ -450,8 +480,9 @@ class RedisIdentityStore:
             out[node_of(ident)] = entry + GS.join(first) + f"{RS}{len(others)}"
         return out
 
-    def _changes(self, loaded: _Loaded, token: str) -> tuple[list[Any], bool]:
-        """The commit script's arguments: what was read, then what to write."""
+    def _changes(self, loaded: _Loaded, token: str) -> tuple[list[Any], bool, dict[str, dict[str, Any]]]:
+        """The commit script's arguments (what was read, then what to write), whether it erases, and the
+        profiles it writes."""
         view = loaded.view
         unit_set: list[Any] = []
         agg_set: list[Any] = []
@@ -499,6 +530,7 @@ class RedisIdentityStore:
         idx_del = [node for node in loaded.entries if node not in kept]
         folded_by = {view.lookup(i) for i in view.folded}
         prof_set: list[Any] = []
+        written: dict[str, dict[str, Any]] = {}
         for pid, members in persons.items():
             if loaded.persons.get(pid) == members and pid not in folded_by:
                 continue
@@ -508,6 +540,7 @@ class RedisIdentityStore:
             lasts = [k for k in (view.aggregate_of(i) for i in members) if k is not None]
             last = max((a.serialize().get("l", ["", ""])[0] for a in lasts), default="")
             prof_set += [pid, _profile_record(profile, last)]
+            written[pid] = profile
         prof_del = [pid for pid in loaded.persons if pid not in persons]
         redirect_set: list[str] = []
         for old, new in view.redirects.items():
@@ -528,7 +561,7 @@ class RedisIdentityStore:
         erase_max = new_max if new_max > loaded.erase_max else ""
         args: list[Any] = [token, loaded.erase_max, self.dedup_days * 86_400 + 86_400]
         args += [len(loaded.versions)] + [x for gid, v in loaded.versions.items() for x in (gid, v)]
-        args += [len(loaded.absent), *loaded.absent, len(loaded.unseen), *loaded.unseen]
+        args += [len(loaded.absent), *loaded.absent]
         for pairs, fields in (
             (idx_set, idx_del),
             (unit_set, dropped),
@@ -539,8 +572,8 @@ class RedisIdentityStore:
             (seen_set, []),
         ):
             args += [len(pairs) // 2, *pairs, len(fields), *fields]
-        args += [len(stamped), *stamped, len(dropped), *dropped, erase_max, view.reorders]
-        return args, bool(erased_pairs or erase_max)
+        args += [len(stamped), *stamped, len(dropped), *dropped, erase_max, view.reorders, len(written)]
+        return args, bool(erased_pairs or erase_max), written
 
     def apply(self, touch: Touch) -> ApplyResult:
         return self.apply_batch([touch])[0]
@@ -637,6 +670,11 @@ class RedisIdentityStore:
         """
         if not profile_ids and not extra_versions:
             return Snapshot({}, {}, 0)
+        committed, self._committed = self._committed, None
+        if committed is not None and not extra_versions:
+            fresh = committed.snapshot(profile_ids)
+            if fresh is not None:
+                return fresh
         keys = [self._key[name] for name in ("prof", "redirect", "meta")]
         with mapped("snapshot"):
             last, pairs, records = self._snapshot(keys=keys, args=[extra_versions, *profile_ids])

@@ -1,12 +1,16 @@
 -- idstream: commit a batch the engine resolved, if what it read is unchanged (compare-and-set).
 --
--- KEYS: idx unit uagg uver prof redirect erased meta lease seen-bucket-today seen-bucket...
+-- KEYS: idx unit uagg uver prof redirect erased meta lease seen-bucket-today
 -- ARGV: lease token ("" for none), erase max as read ("" for none), seen ttl seconds,
 --       then counted sections (a count, then its items):
---         checks: unit versions (gid, version pairs); nodes that must still be absent; event ids still unapplied
+--         checks: unit versions (gid, version pairs); nodes that must still be absent. (An event applied by
+--         another worker meanwhile changed a unit this batch read, or a node it read as absent: no event id
+--         needs checking again. One that changed nothing, unresolved, is harmless to apply twice.)
 --         writes: for idx unit uagg prof redirect erased seen-today: HSET pairs, then HDEL fields;
---                 units to stamp with this commit's version, units to drop; new erase max (""); reorders
--- Returns {1, stamp} when written, or {0, reason} when something read has changed (nothing written).
+--                 units to stamp with this commit's version, units to drop; new erase max (""); reorders;
+--                 how many profile records were written (update versions to reserve for them)
+-- Returns {1, last reserved version} when written, or {0, reason} when something read has changed (nothing
+-- written).
 
 local idx, unit, uagg, uver, prof, redirect, erased, meta, lease, today =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -28,13 +32,6 @@ end
 n = count()
 for _ = 1, n do
   if redis.call("HEXISTS", idx, ARGV[at]) == 1 then return { 0, "identifier" } end
-  at = at + 1
-end
-n = count()
-for _ = 1, n do
-  for b = 10, #KEYS do
-    if redis.call("HEXISTS", KEYS[b], ARGV[at]) == 1 then return { 0, "event" } end
-  end
   at = at + 1
 end
 
@@ -71,4 +68,8 @@ at = at + n
 if ARGV[at] ~= "" then redis.call("HSET", meta, "erase_max", ARGV[at]) end
 if tonumber(ARGV[at + 1]) > 0 then redis.call("HINCRBY", meta, "reorders", ARGV[at + 1]) end
 if redis.call("TTL", today) < 0 and redis.call("EXISTS", today) == 1 then redis.call("EXPIRE", today, ARGV[3]) end
-return { 1, stamp }
+-- the versions of the profile updates of what was just written, taken in the same step as the write
+local written = tonumber(ARGV[at + 2])
+local version = 0
+if written > 0 then version = redis.call("HINCRBY", meta, "version", written) end
+return { 1, version }

@@ -33,12 +33,15 @@ local gone = {}
 if m > 0 then gone = redis.call("HMGET", erased, unpack(ARGV, at, at + m - 1)) end
 at = at + m
 local seen = {}
-for i = at, #ARGV do
-  local found = false
+for i = at, #ARGV do seen[#seen + 1] = false end
+if #ARGV >= at then -- one HMGET per day of applied ids, over every event id of the batch
   for b = 7, #KEYS do
-    found = redis.call("HGET", KEYS[b], ARGV[i])
-    if found then break end
+    if redis.call("EXISTS", KEYS[b]) == 1 then
+      local found = redis.call("HMGET", KEYS[b], unpack(ARGV, at, #ARGV))
+      for j, v in ipairs(found) do
+        if v and not seen[j] then seen[j] = v end
+      end
+    end
   end
-  seen[#seen + 1] = found
 end
 return { values, units, gone, redis.call("HGET", meta, "erase_max") or false, seen }
