@@ -5,7 +5,8 @@
 Prints one JSON line; progress goes to stderr. Starts a private redis-server and runs the worker's own
 processing path (:class:`streams.processor.Processor` over :class:`streams.redis_store.RedisIdentityStore`:
 decode, resolve with :mod:`identity`, commit, render the outputs; no broker, so that what is measured is the
-engine and Redis alone) over a stream of ``--events`` touches: ``idstream generate``'s ordinary persons, and
+engine and Redis alone) over a stream of ``--events`` touches: ``idstream generate``'s ordinary persons (in
+cohorts of 1,000, one month after another, so that ordinary traffic is alike in every tenth), and
 every ``--every``-th event a hot shared value seen with a new visitor: a call from one office switchboard
 from a new visitor's session, or a form with one ``info@`` mailbox and a new visitor's phone.
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -42,14 +44,47 @@ def say(message: str) -> None:
     log("bench_growth", message)
 
 
+#: Ordinary persons come in cohorts of this many, each over its own month, one after another: the ordinary
+#: traffic is the same in every tenth (new and returning people alike), and only the hot values' history grows.
+COHORT = 1000
+
+
+def ordinary(events: int, seed: int) -> list[Touch]:
+    cohorts: list[list[Touch]] = []
+    while sum(map(len, cohorts)) < events:
+        cohorts.append(generate(COHORT, seed * 1000 + len(cohorts)).touches)
+    out: list[Touch] = []
+    for k, cohort in enumerate(cohorts):  # month after month, the last ending when generate's does (not ahead)
+        shift = timedelta(days=31 * (len(cohorts) - 1 - k))
+        out += [
+            replace(t, event_id=f"c{k}-{t.event_id}", occurred_at=t.occurred_at - shift, identifiers=_own(t, k))
+            for t in cohort
+        ]
+    return out[:events]
+
+
+def _own(t: Touch, k: int) -> tuple[tuple[str, str], ...]:
+    """A cohort's identifiers made its own: generate() derives client ids, CRM ids and e-mail logins from a
+    person's index, which would make person i of every cohort one person (not what this benchmark studies)."""
+    out = []
+    for kind, raw in t.identifiers:
+        value = raw
+        if kind == "ym_client_id" and raw.isdigit():
+            value = str(int(raw) + k * 10**12)
+        elif kind == "crm_contact_id":
+            value = f"{raw}-{k}"
+        elif kind == "email":
+            value = raw.replace("@", f"{k:03d}@", 1)
+        out.append((kind, value))
+    return tuple(out)
+
+
 def stream(events: int, every: int, seed: int) -> list[Touch]:
     """Ordinary persons with a hot shared value seen beside a new visitor every ``every``-th event."""
-    hot_share = 1 / every
-    ordinary = generate(int(events * (1 - hot_share) / 5.9) + 100, seed).touches
-    ordinary = ordinary[: events - events // every]
+    base_events = ordinary(events - events // every, seed)
     out: list[Touch] = []
     n = 0
-    for i, base in enumerate(ordinary):
+    for i, base in enumerate(base_events):
         out.append(base)
         if (i + 1) % (every - 1) == 0 and len(out) < events:
             moment = base.occurred_at + timedelta(microseconds=1)
