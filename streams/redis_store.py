@@ -25,7 +25,8 @@ Keys (hashes unless said otherwise), under ``{prefix}:``
 * ``idx``: identifier node -> ``unit id RS profile id [RS flag RS other profile ids]``: what a lookup reads;
   ``flag`` is ``s`` (shared) or ``c`` (contested), the others at most :data:`MAX_CLAIMS`.
 * ``unit``, ``uagg``, ``uver``: unit id -> the evidence group, its identifiers' golden aggregates, its version.
-* ``prof``: profile id -> ``touches RS last touch key RS`` and the golden profile as served (JSON, zlib when long).
+* ``prof``: profile id -> ``touches RS last touch key RS`` and the golden profile as served (JSON; past 200
+  bytes, zlib with a preset dictionary of the JSON every profile repeats).
 * ``redirect``: retired profile id -> the id it merged into. ``erased``: keyed hash -> erasure key.
 * ``seen:YYYYMMDD``: event id -> fingerprint and source, one hash per day of arrival, kept ``dedup_days``.
 * ``meta``: ``stamp`` (unit versions), ``version`` (profile updates), ``erase_max``, ``reorders``.
@@ -148,13 +149,28 @@ def unit_id(root: Identifier) -> str:
     return base64.urlsafe_b64encode(digest).decode()
 
 
+#: The preset dictionary stored values are compressed with (``benchmarks/make_zdict.py``): the JSON keys and
+#: values every unit, aggregate and profile repeat cost a few bits instead of being spelled out in each value.
+#: A value names its dictionary in its first byte (``1``); a new dictionary gets a new file and tag.
+_ZDICT = resources.files("streams").joinpath("zdict").joinpath("v1.bin").read_bytes()
+_DEFLATE = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, _ZDICT)  # copied, primed, per value
+_INFLATE = zlib.decompressobj(zdict=_ZDICT)
+
+
 def _pack(value: Any) -> bytes:
     body = orjson.dumps(value)
-    return b"z" + zlib.compress(body, 1) if len(body) > _COMPRESS_OVER else b"j" + body
+    if len(body) <= _COMPRESS_OVER:
+        return b"j" + body
+    deflate = _DEFLATE.copy()
+    return b"1" + deflate.compress(body) + deflate.flush()
 
 
 def _unpack(raw: bytes) -> Any:
-    return orjson.loads(zlib.decompress(raw[1:]) if raw[:1] == b"z" else raw[1:])
+    tag = raw[:1]
+    if tag == b"1":
+        inflate = _INFLATE.copy()
+        return orjson.loads(inflate.decompress(raw[1:]) + inflate.flush())
+    return orjson.loads(zlib.decompress(raw[1:]) if tag == b"z" else raw[1:])
 
 
 def _profile_record(profile: dict[str, Any], last: str) -> bytes:
