@@ -427,6 +427,45 @@ def test_two_writers_at_once_lose_and_double_nothing(redis_url: str) -> None:
     store.clear()
 
 
+def test_a_hot_person_contended_by_four_writers_takes_the_serial_path_and_loses_nothing(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch of four writers touches one person (a hot unit): compare-and-set rounds are lost, batches that
+    keep losing take the serial lease instead of retrying forever, and the graph is the canonical one."""
+    from streams import redis_store
+
+    monkeypatch.setattr(redis_store, "OPTIMISTIC_ATTEMPTS", 1)  # one lost round and a batch goes serial
+    evs = [
+        touch(f"hot-{w}-{i}", i + w / 10, PHONE, ("email", "hot@mail.ru"), ("ga_client_id", f"GA1.2.{i % 20}.17000"))
+        for w in range(4)
+        for i in range(60)
+    ]
+    reference = IdentityGraph()
+    reference.apply_many(sorted(evs, key=lambda t: t.key))
+    prefix = f"hot-{uuid.uuid4().hex[:12]}"
+    stores: list[RedisIdentityStore] = []
+
+    def writer(part: list[Touch]) -> None:
+        store = RedisIdentityStore(redis.Redis.from_url(redis_url), prefix=prefix)
+        stores.append(store)
+        for i in range(0, len(part), 3):
+            store.apply_batch(part[i : i + 3])
+
+    threads = [threading.Thread(target=writer, args=(evs[w * 60 : (w + 1) * 60],)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sum(s.conflicts for s in stores) > 0  # the unit was contended
+    assert sum(s.serial_batches for s in stores) > 0  # and the serial path resolved it
+    store = RedisIdentityStore(redis.Redis.from_url(redis_url), prefix=prefix)
+    assert store.applied_events() == len(evs)
+    assert store.persons() == reference.persons()
+    assert list(store.profiles()) == list(reference.profiles())
+    assert not store.client.exists(f"{{{prefix}}}:lease")  # released
+    store.clear()
+
+
 def test_a_conflict_names_live_profiles_once_per_refused_person(make_store: StoreFactory) -> None:
     """A merge later in the same event may retire the id a refusal saw; the outcome names the survivor."""
     store = make_store(ResolutionPolicy(limits={"email": 1}))
