@@ -173,8 +173,8 @@ def _unpack(raw: bytes) -> Any:
     return orjson.loads(zlib.decompress(raw[1:]) if tag == b"z" else raw[1:])
 
 
-def _profile_record(profile: dict[str, Any], last: str) -> bytes:
-    touches = sum(profile["touch_counts"].values())
+def _profile_record(profile: dict[str, Any], rank: tuple[int, str]) -> bytes:
+    touches, last = rank
     return f"{touches}{RS}{last}{RS}".encode() + _pack(profile)
 
 
@@ -229,19 +229,21 @@ def parse_read(raw: Any) -> Found | None:
     return Found(pid, profile, (pid, *others), total=1 + len(others) + beyond)
 
 
+def _rank(view: IdentityGraph, members: frozenset[Identifier]) -> tuple[int, str]:
+    """A person's (touches, key of its last touch): the header of its profile record, what rankings read."""
+    touches, last = 0, ""
+    for ident in members:
+        agg = view.aggregate_of(ident)
+        if agg is not None:
+            data = agg.serialize()
+            touches += sum(data.get("c", {}).values())
+            last = max(last, data.get("l", [""])[0])
+    return touches, last
+
+
 def _person_ranks(view: IdentityGraph, root: Identifier) -> dict[str, tuple[int, str]]:
-    """Each person of a unit -> (touches, key of its last touch): the header of its profile record."""
-    out = {}
-    for pid, members in view.unit_persons(root).items():
-        touches, last = 0, ""
-        for ident in members:
-            agg = view.aggregate_of(ident)
-            if agg is not None:
-                data = agg.serialize()
-                touches += sum(data.get("c", {}).values())
-                last = max(last, data.get("l", [""])[0])
-        out[pid] = (touches, last)
-    return out
+    """Each person of a unit -> its :func:`_rank`."""
+    return {pid: _rank(view, members) for pid, members in view.unit_persons(root).items()}
 
 
 def _descending(text: str) -> tuple[int, ...]:
@@ -256,7 +258,6 @@ class _Loaded(NamedTuple):
     view: IdentityGraph
     versions: dict[str, str]  # unit id -> version read
     units: dict[str, tuple[dict[str, Any], frozenset[str]]]  # unit id -> (unit as read, its aggregates' nodes)
-    entries: dict[str, str]  # node -> index entry, for every identifier of the units read
     persons: dict[str, frozenset[Identifier]]
     absent: list[str]  # the batch's nodes that had no index entry
     seen: dict[str, tuple[str, str]]
@@ -440,7 +441,6 @@ class RedisIdentityStore:
                 view.load_erased(digest, erased[digest])
         versions: dict[str, str] = {}
         raw_units: dict[str, tuple[dict[str, Any], frozenset[str]]] = {}
-        index: dict[str, str] = {}
         persons: dict[str, frozenset[Identifier]] = {}
         for gid_raw, unit_raw, agg_raw, version in _list(units):
             gid = _text(gid_raw)
@@ -451,7 +451,6 @@ class RedisIdentityStore:
             for node, agg in aggs.items():
                 view.load_aggregate(_ident(node), Stored(agg))
             raw_units[gid] = (unit, frozenset(aggs))
-            index.update(self._index(view, root, gid))
             persons.update(view.unit_persons(root))
         seen_before: dict[str, tuple[str, str]] = {}
         for eid, held in zip(eids, _list(seen), strict=True):
@@ -462,7 +461,7 @@ class RedisIdentityStore:
         view.folded.clear()
         view.born.clear()
         absent = [n for n, v in zip(nodes, _list(values), strict=True) if not v]
-        return _Loaded(view, versions, raw_units, index, persons, absent, seen_before, erased, self._erase_max)
+        return _Loaded(view, versions, raw_units, persons, absent, seen_before, erased, self._erase_max)
 
     def _index(self, view: IdentityGraph, root: Identifier, gid: str) -> dict[str, str]:
         """The index entries of one unit's identifiers (what a lookup reads for each).
@@ -507,6 +506,7 @@ class RedisIdentityStore:
         index: dict[str, str] = {}
         persons: dict[str, frozenset[Identifier]] = {}
         live: set[str] = set()
+        same_shape: set[str] = set()  # units read whose structure did not change (so neither did their index)
         folded = view.folded
         for root in view.unit_roots():
             gid = unit_id(root)
@@ -521,14 +521,11 @@ class RedisIdentityStore:
             before = loaded.units.get(gid)
             unit_persons = view.unit_persons(root)
             persons.update(unit_persons)
-            # unchanged: the same unit, the same identifiers with aggregates, none of them folded into
-            if (
-                before is not None
-                and before[0] == exported
-                and before[1] == aggs.keys()
-                and (not folded or folded.isdisjoint(nodes))
-            ):
-                continue
+            if before is not None and before[0] == exported:
+                same_shape.add(gid)
+                # unchanged: the same identifiers with aggregates too, none of them folded into
+                if before[1] == aggs.keys() and (not folded or folded.isdisjoint(nodes)):
+                    continue
             self.largest_component = max(self.largest_component, len(nodes))
             stamped.append(gid)
             unit_set += [gid, _pack(exported)]
@@ -536,14 +533,21 @@ class RedisIdentityStore:
                 agg_set += [gid, _pack(aggs)]
             elif before is not None and before[1]:
                 agg_del.append(gid)
-            index.update(self._index(view, root, gid))
+            # the same structure names the same persons; only a long claim list is ranked by touches
+            if gid not in same_shape or len(unit_persons) > MAX_CLAIMS + 1:
+                index.update(self._index(view, root, gid))
         dropped = [gid for gid in loaded.units if gid not in live]
+        entries: dict[str, str] = {}  # what the index held for the units read whose structure changed
+        for gid, (unit, _aggs) in loaded.units.items():
+            if gid not in same_shape:
+                scratch = IdentityGraph(self.policy, self.normalizer, self._erasure_key, aggregate=Stored)
+                entries.update(self._index(scratch, scratch.load_unit(unit), gid))
         idx_set: list[str] = []
         for node, entry in index.items():
-            if loaded.entries.get(node) != entry:
+            if entries.get(node) != entry:
                 idx_set += [node, entry]
         kept = {node_of(i) for nodes in persons.values() for i in nodes}
-        idx_del = [node for node in loaded.entries if node not in kept]
+        idx_del = [node for node in entries if node not in kept]
         folded_by = {view.lookup(i) for i in view.folded}
         prof_set: list[Any] = []
         written: dict[str, dict[str, Any]] = {}
@@ -553,9 +557,7 @@ class RedisIdentityStore:
             profile = view.live_profile(pid)
             if profile is None:  # pragma: no cover - every listed person is live
                 continue
-            lasts = [k for k in (view.aggregate_of(i) for i in members) if k is not None]
-            last = max((a.serialize().get("l", ["", ""])[0] for a in lasts), default="")
-            prof_set += [pid, _profile_record(profile, last)]
+            prof_set += [pid, _profile_record(profile, _rank(view, members))]
             written[pid] = profile
         prof_del = [pid for pid in loaded.persons if pid not in persons]
         redirect_set: list[str] = []
