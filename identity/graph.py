@@ -253,6 +253,23 @@ class _Evidence:
         return frozenset(self.ids), self.mode
 
 
+def _without(records: Iterable[_Evidence], gone: set[Identifier]) -> dict[Signature, _Evidence]:
+    """The records with the ``gone`` identifiers taken out (a record left empty is dropped), by signature: the
+    earliest record of each signature that results."""
+    kept: dict[Signature, _Evidence] = {}
+    for record in records:
+        ev = record
+        if not gone.isdisjoint(ev.ids):
+            ids = tuple(i for i in ev.ids if i not in gone)
+            if not ids:
+                continue
+            ev = _Evidence(ev.key, ev.source, ids, ev.mode)
+        held = kept.get(ev.signature)
+        if held is None or ev.key < held.key:
+            kept[ev.signature] = ev
+    return kept
+
+
 class _Person:
     __slots__ = ("counts", "created", "hroot", "id", "nodes")
 
@@ -496,20 +513,12 @@ class IdentityGraph:
         own = self._owner[x]
         pid, created, born = own.id, own.created, self._born[x]
         nodes, records, before = self._unfile({self._find(x)})
-        sightings: list[tuple[EventKey, tuple[Identifier, ...]]] = []
-        kept: dict[Signature, _Evidence] = {}
-        for record in records.values():
-            ev = record
-            if x in ev.ids:
-                ids = tuple(i for i in ev.ids if i != x)
-                if ev.mode == AUTO and ids:
-                    sightings.append((ev.key, ids))
-                if not ids:
-                    continue
-                ev = _Evidence(ev.key, ev.source, ids, ev.mode)
-            held = kept.get(ev.signature)
-            if held is None or ev.key < held.key:
-                kept[ev.signature] = ev
+        sightings = [
+            (ev.key, ids)
+            for ev in records.values()
+            if ev.mode == AUTO and x in ev.ids and (ids := tuple(i for i in ev.ids if i != x))
+        ]
+        kept = _without(records.values(), {x})
         self._constrain(kept.values(), nodes)
         self._refile(kept.values(), None)
         self._shared.add(x)
@@ -989,17 +998,7 @@ class IdentityGraph:
             digest = erasure_hash(self._erasure_key, node)
             self._erased[digest] = max(self._erased.get(digest, newest), newest)
         self._erase_max = max(self._erase_max, newest)
-        kept: dict[Signature, _Evidence] = {}
-        for record in records.values():
-            ev = record
-            if not erased.isdisjoint(ev.ids):  # keep what it showed about the others, nothing of the erased
-                ids = tuple(i for i in ev.ids if i not in erased)
-                if not ids:
-                    continue
-                ev = _Evidence(ev.key, ev.source, ids, ev.mode)
-            held = kept.get(ev.signature)
-            if held is None or ev.key < held.key:
-                kept[ev.signature] = ev
+        kept = _without(records.values(), erased)  # what it showed about the others, nothing of the erased
         remaining = [n for n in nodes if n not in erased]
         self._constrain(kept.values(), nodes)
         self._refile(kept.values(), None)
