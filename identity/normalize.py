@@ -9,6 +9,14 @@ e-mails over and over while phone and e-mail parsing cost 20-30 microseconds eac
 
 The written policy (what folds into what, and why) is in the README, section
 "Identifier normalization".
+
+Two kinds carry a namespace inside their value. A ``crm_contact_id`` may name its CRM
+(``amocrm:501``, ``dynamics:9``): the same client in two CRMs is two ids that one person
+may hold (see :meth:`identity.policy.ResolutionPolicy.limit_key`). A ``messenger_id`` may
+name its platform (``telegram:ivan``, ``vk:id123``, ``whatsapp:+79161234567``), each with
+its own rule. Only the configured names count as a prefix (:data:`DEFAULT_CRM_SYSTEMS`,
+:data:`DEFAULT_MESSENGER_PLATFORMS`, plus the operator's); any other value keeps exactly
+the rule it had before prefixes existed.
 """
 
 from __future__ import annotations
@@ -26,8 +34,11 @@ from email_validator import EmailNotValidError, validate_email
 from identity.errors import ConfigurationError, InvalidIdentifier
 
 __all__ = [
+    "DEFAULT_CRM_SYSTEMS",
+    "DEFAULT_MESSENGER_PLATFORMS",
     "KINDS_V1",
     "MAX_RAW_LENGTH",
+    "PHONE_PLATFORMS",
     "Identifier",
     "JunkPolicy",
     "Normalizer",
@@ -40,6 +51,8 @@ __all__ = [
     "normalize_messenger_id",
     "normalize_phone",
     "normalize_ym_client_id",
+    "split_prefixed",
+    "validate_prefix_names",
 ]
 
 #: Identifier kinds every deployment understands. Operators may declare more.
@@ -57,6 +70,49 @@ MAX_RAW_LENGTH = 256
 
 _KIND_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+#: CRM systems a ``crm_contact_id`` may name as ``<system>:<id>`` (compared case-insensitively, stored
+#: lower-case). Only these exact names: there are deliberately no aliases (``amo:``, ``b24:``, ``dyn:``), because
+#: the README once advised operators to prefix ids with a short name of their own (``amo:501``), so such values
+#: exist in graphs, warehouses and CRM mirrors and must keep their spelling and their meaning (an id of the
+#: unnamed system). An operator who used ``amo:`` declares ``amo`` as a system (``IDSTREAM_CRM_SYSTEMS=amo``):
+#: the values stay byte for byte what they were, and only their counting class changes.
+DEFAULT_CRM_SYSTEMS: frozenset[str] = frozenset(
+    {"amocrm", "bitrix24", "dynamics", "1c", "retailcrm", "megaplan", "salesforce", "hubspot"}
+)
+
+#: Messenger platforms a ``messenger_id`` may name as ``<platform>:<id>``. ``telegram``, ``vk``, ``whatsapp`` and
+#: ``viber`` have rules of their own; any other platform (``max`` and the operator's) takes the generic rule.
+DEFAULT_MESSENGER_PLATFORMS: frozenset[str] = frozenset({"telegram", "vk", "whatsapp", "viber", "max"})
+
+#: Platforms whose ids are phone numbers (normalized like the ``phone`` kind, and junk by the phone rules).
+PHONE_PLATFORMS: frozenset[str] = frozenset({"whatsapp", "viber"})
+
+_PREFIX_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def validate_prefix_names(what: str, names: Iterable[str]) -> frozenset[str]:
+    """The names as a set, or :class:`ConfigurationError` naming the first one that cannot be a prefix.
+
+    A name is what comes before the ``:`` of a value, in its stored (lower-case) spelling: ASCII letters,
+    digits, ``_`` and ``-``, starting with a letter or a digit (``1c``), at most 32 characters.
+    """
+    checked = frozenset(names)
+    for name in sorted(checked):
+        if not _PREFIX_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{what} {name!r} must be lower-case ASCII letters, digits, '_' and '-', starting with a letter or "
+                "a digit, at most 32 characters"
+            )
+    return checked
+
+
+def split_prefixed(value: str, names: frozenset[str]) -> tuple[str, str] | None:
+    """``(prefix, rest)`` of a *normalized* value that starts with one of ``names`` and ``:``, else None."""
+    head, sep, rest = value.partition(":")
+    if sep and head in names:
+        return head, rest
+    return None
 
 
 class Identifier(NamedTuple):
@@ -221,20 +277,142 @@ def normalize_ym_client_id(raw: str) -> str:
 # --------------------------------------------------------------------------- other kinds
 
 
-def normalize_crm_contact_id(raw: str) -> str:
-    """A CRM contact id, trimmed; case is kept (ids are opaque to us)."""
+def normalize_crm_contact_id(raw: str, systems: frozenset[str] = DEFAULT_CRM_SYSTEMS) -> str:
+    """A CRM contact id, trimmed; case is kept (ids are opaque to us).
+
+    ``<system>:<id>`` with a known ``system`` (case-insensitive, see :data:`DEFAULT_CRM_SYSTEMS`) names the CRM
+    that issued the id: ``AmoCRM: 501`` is ``amocrm:501`` (the system lower-cased, the id trimmed, its case
+    kept). Any other value, ``amo:501`` included, is an id of the unnamed system and stays exactly as it was.
+    """
     value = _clean("crm_contact_id", raw)
+    head, sep, rest = value.partition(":")
+    system = head.strip().lower()
+    if sep and system in systems:
+        contact = rest.strip()
+        if not contact:
+            raise _fail("crm_contact_id", "empty", f"crm_contact_id names the CRM system {system!r} but no id")
+        value = f"{system}:{contact}"
     if len(value) > 128:
         raise _fail("crm_contact_id", "too_long", "crm_contact_id is longer than 128 characters")
     return value
 
 
-def normalize_messenger_id(raw: str) -> str:
-    """A messenger handle or id: trimmed, lower-cased, without a leading ``@``."""
+_LEADING_AT = re.compile(r"^[@\s]+")
+_LINK_TAIL = r"/?(?:[?#].*)?"
+_TELEGRAM_LINK = re.compile(r"(?:https?://)?(?:www\.)?(?:t|telegram)\.me/([^/?#]*)" + _LINK_TAIL)
+#: Public usernames: 5-32 of a-z, 0-9 and ``_``, from a letter (4 for the collectible ones on Fragment).
+_TELEGRAM_USERNAME = re.compile(r"[a-z][a-z0-9_]{3,31}")
+#: Numeric user ids, as bots and the Bot API see them (a username always starts with a letter).
+_TELEGRAM_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
+_VK_LINK = re.compile(r"(?:https?://)?(?:www\.|m\.)?vk\.(?:com|ru|me)/([^/?#]*)" + _LINK_TAIL)
+_VK_NUMERIC = re.compile(r"(?:id)?([0-9]{1,19})")
+_VK_COMMUNITY = re.compile(r"(?:club|public|event)[0-9]+")
+_VK_SCREEN_NAME = re.compile(r"[a-z0-9_.]{2,32}")
+_WHATSAPP_LINK = re.compile(r"(?:https?://)?(?:api\.)?wa\.me/\+?([0-9]{4,20})" + _LINK_TAIL)
+
+
+def _telegram(handle: str, region: str) -> str:
+    link = _TELEGRAM_LINK.fullmatch(handle)
+    if link:
+        handle = link.group(1)
+        if handle.startswith("+") or handle in ("joinchat", "addlist", "addstickers", "share", "c", "s"):
+            raise _fail(
+                "messenger_id", "invalid_telegram_username", "messenger_id telegram: is a t.me link, but not to a user"
+            )
+    handle = _LEADING_AT.sub("", handle)
+    if _TELEGRAM_USERNAME.fullmatch(handle) or _TELEGRAM_USER_ID.fullmatch(handle):
+        return handle
+    if handle.startswith("+"):
+        message = "messenger_id telegram: is a phone number, not a username: send it as a 'phone' identifier"
+    else:
+        message = (
+            "messenger_id telegram: is neither a username (4-32 latin letters, digits and '_', from a letter) "
+            "nor a numeric user id"
+        )
+    raise _fail("messenger_id", "invalid_telegram_username", message)
+
+
+def _vk(handle: str, region: str) -> str:
+    link = _VK_LINK.fullmatch(handle)
+    if link:
+        handle = link.group(1)
+    handle = _LEADING_AT.sub("", handle)
+    numeric = _VK_NUMERIC.fullmatch(handle)
+    if numeric:  # ``id123`` and the API's bare ``123`` are one user
+        user = int(numeric.group(1))
+        if 0 < user < 1 << 63:
+            return f"id{user}"
+        raise _fail("messenger_id", "invalid_vk_id", "messenger_id vk: has a user id out of range")
+    if _VK_COMMUNITY.fullmatch(handle):
+        raise _fail(
+            "messenger_id", "invalid_vk_id", "messenger_id vk: is a community (club, public, event), not a person"
+        )
+    if _VK_SCREEN_NAME.fullmatch(handle):
+        return handle
+    raise _fail(
+        "messenger_id",
+        "invalid_vk_id",
+        "messenger_id vk: is neither 'id<digits>' nor a screen name (2-32 latin letters, digits, '_' and '.')",
+    )
+
+
+def _phone_platform(platform: str, handle: str, region: str) -> str:
+    link = _WHATSAPP_LINK.fullmatch(handle) if platform == "whatsapp" else None
+    if link:  # wa.me carries the international number without its '+'
+        handle = "+" + link.group(1)
+    try:
+        return normalize_phone(handle, region)
+    except InvalidIdentifier as exc:
+        raise _fail(
+            "messenger_id",
+            f"invalid_{platform}_number",
+            f"messenger_id {platform}: is not a valid phone number ({exc})",
+        ) from None
+
+
+def _generic_handle(handle: str, region: str) -> str:
+    return _LEADING_AT.sub("", handle)
+
+
+_PLATFORM_RULES: dict[str, Callable[[str, str], str]] = {
+    "telegram": _telegram,
+    "vk": _vk,
+    "whatsapp": partial(_phone_platform, "whatsapp"),
+    "viber": partial(_phone_platform, "viber"),
+}
+
+
+def normalize_messenger_id(
+    raw: str, region: str = "RU", platforms: frozenset[str] = DEFAULT_MESSENGER_PLATFORMS
+) -> str:
+    """A messenger handle or id: trimmed, lower-cased, without a leading ``@``.
+
+    ``<platform>:<id>`` with a known ``platform`` (see :data:`DEFAULT_MESSENGER_PLATFORMS`) is normalized by
+    the platform's rule and refused when it breaks it (``invalid_<platform>_...``):
+
+    * ``telegram``: a username without ``@`` (``@Ivan_Petrov``, ``t.me/ivan_petrov``, ``https://t.me/ivan_petrov``
+      give ``telegram:ivan_petrov``) or a numeric user id; invite and channel-post links are refused;
+    * ``vk``: ``id<digits>`` (``vk.com/id123``, ``id0123`` and the API's bare ``123`` give ``vk:id123``) or a
+      screen name, lower-cased (``https://vk.com/Ivan.Petrov`` gives ``vk:ivan.petrov``); communities are refused;
+    * ``whatsapp``, ``viber``: a phone number in E.164 by the ``phone`` rule (``region`` for national numbers;
+      ``wa.me/79161234567`` too): ``whatsapp:8 (916) 123-45-67`` gives ``whatsapp:+79161234567``;
+    * any other configured platform (``max``): the id without leading ``@``.
+
+    A value without a known platform keeps exactly the rule above (``telegram`` is a platform, ``tg`` is not).
+    """
     value = _clean("messenger_id", raw).lower().removeprefix("@").strip()
     if not value:
         raise _fail("messenger_id", "empty", "messenger_id is empty")
-    return value
+    head, sep, rest = value.partition(":")
+    platform = _LEADING_AT.sub("", head).strip()
+    if not sep or platform not in platforms:
+        return value
+    handle = rest.strip()
+    if handle:
+        handle = _PLATFORM_RULES.get(platform, _generic_handle)(handle, region)
+    if not handle:
+        raise _fail("messenger_id", "empty", f"messenger_id names the platform {platform!r} but no id")
+    return f"{platform}:{handle}"
 
 
 def normalize_generic(raw: str, kind: str = "custom") -> str:
@@ -339,10 +517,16 @@ class NormalizerConfig:
     junk: JunkPolicy = field(default_factory=JunkPolicy)
     #: Distinct (kind, raw value) pairs remembered; 0 disables the memo.
     cache_size: int = 1 << 18
+    #: CRM systems a ``crm_contact_id`` may name (``amocrm:501``); keep equal to the policy's ``crm_systems``.
+    crm_systems: frozenset[str] = DEFAULT_CRM_SYSTEMS
+    #: Messenger platforms a ``messenger_id`` may name (``telegram:ivan``).
+    messenger_platforms: frozenset[str] = DEFAULT_MESSENGER_PLATFORMS
 
     def __post_init__(self) -> None:
         if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigurationError(f"default_region {self.default_region!r} is not an ISO 3166 region code")
+        validate_prefix_names("CRM system", self.crm_systems)
+        validate_prefix_names("messenger platform", self.messenger_platforms)
         for kind in self.extra_kinds:
             if not _KIND_NAME.fullmatch(kind):
                 raise ConfigurationError(
@@ -361,8 +545,12 @@ class Normalizer:
             "email": normalize_email,
             "ga_client_id": normalize_ga_client_id,
             "ym_client_id": normalize_ym_client_id,
-            "crm_contact_id": normalize_crm_contact_id,
-            "messenger_id": normalize_messenger_id,
+            "crm_contact_id": partial(normalize_crm_contact_id, systems=self.config.crm_systems),
+            "messenger_id": partial(normalize_messenger_id, region=region, platforms=self.config.messenger_platforms),
+        }
+        self._prefixes: dict[str, frozenset[str]] = {
+            "crm_contact_id": self.config.crm_systems,
+            "messenger_id": self.config.messenger_platforms,
         }
         for kind in self.config.extra_kinds:
             self._rules.setdefault(kind, partial(normalize_generic, kind=kind))
@@ -411,6 +599,21 @@ class Normalizer:
         except InvalidIdentifier as exc:
             return Rejection(kind, raw, exc.reason, exc.message)
         junk = self.config.junk.reason(ident)
+        if junk is None and kind in self._prefixes:
+            junk = self._prefixed_junk(ident)
         if junk is not None:
             return Rejection(kind, raw, junk, f"{kind} value is a known junk value ({junk}) and links nothing")
         return ident
+
+    def _prefixed_junk(self, ident: Identifier) -> str | None:
+        """Junk after a known prefix: ``amocrm:null``, ``telegram:undefined``, ``whatsapp:+79999999999``."""
+        split = split_prefixed(ident.value, self._prefixes[ident.kind])
+        if split is None:
+            return None
+        prefix, rest = split
+        junk = self.config.junk
+        if rest.lower() in junk.placeholders:
+            return "placeholder"
+        if ident.kind == "messenger_id" and prefix in PHONE_PLATFORMS:
+            return junk.reason(Identifier("phone", rest))
+        return None

@@ -18,6 +18,7 @@ from identity import (
 )
 from identity.normalize import (
     JunkPolicy,
+    normalize_crm_contact_id,
     normalize_email,
     normalize_ga_client_id,
     normalize_messenger_id,
@@ -204,6 +205,228 @@ def test_ym_client_id_digits_only() -> None:
 
 def test_messenger_id() -> None:
     assert normalize_messenger_id(" @Ivan_Petrov ") == "ivan_petrov"
+
+
+# ----------------------------------------------------------------------------- CRM systems and messenger platforms
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # a known system: lower-cased, the id trimmed, the id's case kept
+        ("amocrm:501", "amocrm:501"),
+        ("AmoCRM:501", "amocrm:501"),
+        ("  AMOCRM : 501  ", "amocrm:501"),
+        ("bitrix24:C_77", "bitrix24:C_77"),
+        ("Dynamics:9f1c-AB", "dynamics:9f1c-AB"),
+        ("1C:000123", "1c:000123"),
+        ("retailcrm:12", "retailcrm:12"),
+        ("megaplan:3", "megaplan:3"),
+        ("SalesForce:0035g00000AbCdE", "salesforce:0035g00000AbCdE"),
+        ("hubspot:51", "hubspot:51"),
+        ("amocrm:ext:42", "amocrm:ext:42"),  # the id is everything after the first ':'
+        # no known system: exactly today's rule (trimmed, case kept)
+        ("501", "501"),
+        (" CUST-1 ", "CUST-1"),
+        ("amo-501", "amo-501"),
+        # aliases are not systems: values an operator prefixed by the README's old advice keep their meaning
+        ("amo:501", "amo:501"),
+        ("AMO:501", "AMO:501"),
+        ("b24:77", "b24:77"),
+        ("bitrix:77", "bitrix:77"),
+        ("dyn:9", "dyn:9"),
+        ("msdynamics:9", "msdynamics:9"),
+        ("amo : 501", "amo : 501"),
+        ("crm:amocrm:501", "crm:amocrm:501"),
+    ],
+)
+def test_crm_contact_id_names_its_system(raw: str, expected: str) -> None:
+    assert normalize_crm_contact_id(raw) == expected
+    assert Normalizer().normalize("crm_contact_id", raw) == Identifier("crm_contact_id", expected)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("amocrm:", "empty"),
+        ("amocrm:   ", "empty"),
+        ("amocrm:null", "placeholder"),
+        ("Bitrix24:undefined", "placeholder"),
+        ("1c:0", "placeholder"),
+        ("dynamics: - ", "placeholder"),
+        ("amocrm:" + "1" * 130, "too_long"),
+        ("amocrm:5\x1f01", "control_characters"),
+        ("amocrm:5\n01", "control_characters"),
+        ("null", "placeholder"),
+    ],
+)
+def test_crm_contact_id_junk_after_the_system_is_refused(raw: str, reason: str) -> None:
+    result = Normalizer().normalize("crm_contact_id", raw)
+    assert isinstance(result, Rejection)
+    assert (result.kind, result.raw, result.reason) == ("crm_contact_id", raw, reason)
+
+
+def test_crm_systems_are_configurable() -> None:
+    ours = Normalizer(NormalizerConfig(crm_systems=frozenset({"amocrm", "amo", "sbis"})))
+    assert ours.normalize("crm_contact_id", "SBIS: 42") == Identifier("crm_contact_id", "sbis:42")
+    assert ours.normalize("crm_contact_id", "amo:501") == Identifier("crm_contact_id", "amo:501")  # byte for byte
+    assert ours.normalize("crm_contact_id", "Dynamics:9") == Identifier("crm_contact_id", "Dynamics:9")  # not listed
+    with pytest.raises(ConfigurationError, match="CRM system"):
+        NormalizerConfig(crm_systems=frozenset({"amo crm"}))
+    with pytest.raises(ConfigurationError, match="CRM system"):
+        NormalizerConfig(crm_systems=frozenset({"AmoCRM"}))  # names are given in their stored spelling
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # Telegram: usernames without '@', case-insensitive; t.me links; numeric user ids
+        ("telegram:ivan", "telegram:ivan"),
+        ("telegram:@Ivan", "telegram:ivan"),
+        ("Telegram: @Ivan_Petrov ", "telegram:ivan_petrov"),
+        ("telegram:t.me/ivan_petrov", "telegram:ivan_petrov"),
+        ("telegram:https://t.me/Ivan_Petrov", "telegram:ivan_petrov"),
+        ("telegram:http://www.t.me/ivan_petrov/", "telegram:ivan_petrov"),
+        ("telegram:https://telegram.me/ivan_petrov?start=promo", "telegram:ivan_petrov"),
+        ("telegram:123456789", "telegram:123456789"),
+        ("@telegram:ivan", "telegram:ivan"),
+        # VK: id<digits> or a screen name, lower-cased
+        ("vk:id123", "vk:id123"),
+        ("vk:ID0123", "vk:id123"),
+        ("vk:123", "vk:id123"),
+        ("vk:vk.com/id123", "vk:id123"),
+        ("vk:https://vk.com/Ivan.Petrov", "vk:ivan.petrov"),
+        ("vk:https://m.vk.com/ivan_petrov?from=search", "vk:ivan_petrov"),
+        ("vk:vk.ru/ivan", "vk:ivan"),
+        ("VK:@Ivan", "vk:ivan"),
+        # WhatsApp and Viber: a phone number in E.164, like the phone kind
+        ("whatsapp:+79161234567", "whatsapp:+79161234567"),
+        ("whatsapp:8 (916) 123-45-67", "whatsapp:+79161234567"),
+        ("whatsapp:+7 916 123 45 67", "whatsapp:+79161234567"),
+        ("WhatsApp: 79161234567", "whatsapp:+79161234567"),
+        ("whatsapp:9161234567", "whatsapp:+79161234567"),
+        ("whatsapp:wa.me/79161234567", "whatsapp:+79161234567"),
+        ("whatsapp:https://wa.me/79161234567?text=hi", "whatsapp:+79161234567"),
+        ("whatsapp:+375 29 123-45-67", "whatsapp:+375291234567"),
+        ("viber:8-916-123-45-67", "viber:+79161234567"),
+        # other platforms: the generic rule after the prefix
+        ("max:@Ivan", "max:ivan"),
+        ("MAX: 1234567", "max:1234567"),
+        # no known platform: exactly today's rule
+        ("@Ivan", "ivan"),
+        ("ivan", "ivan"),
+        ("tg:@Ivan", "tg:@ivan"),
+        ("https://t.me/Ivan", "https://t.me/ivan"),
+        ("vkontakte:ivan", "vkontakte:ivan"),
+    ],
+)
+def test_messenger_id_names_its_platform(raw: str, expected: str) -> None:
+    assert normalize_messenger_id(raw) == expected
+    assert Normalizer().normalize("messenger_id", raw) == Identifier("messenger_id", expected)
+
+
+def test_one_handle_on_two_platforms_is_two_identifiers() -> None:
+    normalizer = Normalizer()
+    telegram = normalizer.normalize("messenger_id", "telegram:@ivan")
+    vk = normalizer.normalize("messenger_id", "vk:ivan")
+    assert telegram == Identifier("messenger_id", "telegram:ivan")
+    assert vk == Identifier("messenger_id", "vk:ivan")
+    assert telegram != vk
+    assert normalizer.normalize("messenger_id", "@ivan") not in (telegram, vk)  # unprefixed: today's identifier
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "message"),
+    [
+        ("telegram:", "empty", "no id"),
+        ("telegram:  @ ", "invalid_telegram_username", "neither a username"),
+        ("telegram:iv", "invalid_telegram_username", "neither a username"),
+        ("telegram:ivan petrov", "invalid_telegram_username", "neither a username"),
+        ("telegram:иван", "invalid_telegram_username", "neither a username"),
+        ("telegram:1ivan", "invalid_telegram_username", "neither a username"),
+        ("telegram:" + "a" * 33, "invalid_telegram_username", "neither a username"),
+        ("telegram:+79161234567", "invalid_telegram_username", "phone"),
+        ("telegram:t.me/+AbCdEf", "invalid_telegram_username", "not to a user"),
+        ("telegram:https://t.me/joinchat/AbCdEf", "invalid_telegram_username", "neither a username"),
+        ("telegram:t.me/c/123/45", "invalid_telegram_username", "neither a username"),
+        ("telegram:undefined", "placeholder", "placeholder"),
+        ("vk:", "empty", "no id"),
+        ("vk:id0", "invalid_vk_id", "out of range"),
+        ("vk:club123", "invalid_vk_id", "community"),
+        ("vk:https://vk.com/public77", "invalid_vk_id", "community"),
+        ("vk:ivan petrov", "invalid_vk_id", "screen name"),
+        ("vk:иван", "invalid_vk_id", "screen name"),
+        ("vk:https://vk.com/wall-1_2", "invalid_vk_id", "screen name"),
+        ("vk:null", "placeholder", "placeholder"),
+        ("whatsapp:", "empty", "no id"),
+        ("whatsapp:12", "invalid_whatsapp_number", "not a valid phone number"),
+        ("whatsapp:call me", "invalid_whatsapp_number", "not a valid phone number"),
+        ("whatsapp:8 (916) 123-45", "invalid_whatsapp_number", "not a valid phone number"),
+        ("whatsapp:+7 (999) 999-99-99", "repeated_digits", "junk"),
+        ("whatsapp:8 (900) 123-45-67", "blocklisted", "junk"),
+        ("viber:ivan", "invalid_viber_number", "not a valid phone number"),
+        ("max:", "empty", "no id"),
+        ("max:@", "empty", "no id"),
+        ("max:нет", "placeholder", "placeholder"),
+    ],
+)
+def test_invalid_platform_values_are_refused_with_a_named_reason(raw: str, reason: str, message: str) -> None:
+    result = Normalizer().normalize("messenger_id", raw)
+    assert isinstance(result, Rejection), result
+    assert (result.kind, result.raw, result.reason) == ("messenger_id", raw, reason)
+    assert message in result.message
+
+
+def test_messenger_platforms_are_configurable() -> None:
+    ours = Normalizer(NormalizerConfig(messenger_platforms=frozenset({"telegram", "icq"}), default_region="BY"))
+    assert ours.normalize("messenger_id", "ICQ: @12345") == Identifier("messenger_id", "icq:12345")
+    assert ours.normalize("messenger_id", "vk:ivan") == Identifier("messenger_id", "vk:ivan")  # not listed: generic
+    assert ours.normalize("messenger_id", "vk:Ivan Petrov") == Identifier("messenger_id", "vk:ivan petrov")
+    by = Normalizer(NormalizerConfig(default_region="BY"))
+    assert by.normalize("messenger_id", "viber:029 123 45 67") == Identifier("messenger_id", "viber:+375291234567")
+    with pytest.raises(ConfigurationError, match="messenger platform"):
+        NormalizerConfig(messenger_platforms=frozenset({"te:legram"}))
+
+
+def test_identifier_values_never_carry_key_syntax() -> None:
+    """The store writes a node as ``kind\\x1fvalue``: no accepted value holds a control character."""
+    normalizer = Normalizer()
+    for kind, raw in [
+        ("crm_contact_id", "amocrm:1\x1fphone"),
+        ("crm_contact_id", "amocrm\x1f:1"),
+        ("messenger_id", "telegram:iv\x1fan"),
+        ("messenger_id", "max:iv\x00an"),
+        ("messenger_id", "whatsapp:+7916\x1f1234567"),
+    ]:
+        result = normalizer.normalize(kind, raw)
+        assert isinstance(result, Rejection)
+        assert result.reason == "control_characters"
+
+
+_CRM_PREFIX = st.sampled_from(["amocrm", "AmoCRM", " 1C ", "bitrix24", "amo", "dyn", "", "x"])
+_PLATFORM = st.sampled_from(["telegram", "Telegram", "vk", "whatsapp", "viber", "max", "@telegram", "tg", ""])
+_HANDLE = st.one_of(
+    st.text(max_size=40),
+    st.from_regex(r"@?[A-Za-z][A-Za-z0-9_]{2,33}", fullmatch=True),
+    st.from_regex(r"(https?://)?(www\.|m\.)?(t\.me|vk\.com|wa\.me)/[A-Za-z0-9_.+]{0,20}", fullmatch=True),
+    st.from_regex(r"\+?[78]? ?\(?9[0-9]{2}\)? ?[0-9]{3}-?[0-9]{2}-?[0-9]{2}", fullmatch=True),
+)
+
+
+@given(prefix=_CRM_PREFIX, sep=st.sampled_from([":", " : ", ""]), rest=_HANDLE)
+def test_prefixed_crm_ids_are_fixed_points(prefix: str, sep: str, rest: str) -> None:
+    normalizer = Normalizer(NormalizerConfig(cache_size=0))
+    result = normalizer.normalize("crm_contact_id", prefix + sep + rest)
+    if isinstance(result, Identifier):
+        assert normalizer.normalize("crm_contact_id", result.value) == result
+
+
+@given(platform=_PLATFORM, sep=st.sampled_from([":", " : ", ""]), rest=_HANDLE)
+def test_prefixed_messenger_ids_are_fixed_points(platform: str, sep: str, rest: str) -> None:
+    normalizer = Normalizer(NormalizerConfig(cache_size=0))
+    result = normalizer.normalize("messenger_id", platform + sep + rest)
+    if isinstance(result, Identifier):
+        assert normalizer.normalize("messenger_id", result.value) == result
 
 
 # ----------------------------------------------------------------------------- junk and the normalizer
