@@ -24,7 +24,7 @@ import networkx as nx
 
 from identity.normalize import Identifier
 from identity.policy import ResolutionPolicy
-from identity.shared import AUTO, LINK, UNLINK
+from identity.shared import AUTO, LINK, UNLINK, why_shared
 
 __all__ = ["EvidenceRecord", "GroupView", "ViewSource", "explain", "explain_pair", "explain_profile"]
 
@@ -40,14 +40,19 @@ class EvidenceRecord:
     event_id: str
     source: str
     occurred_at: str  # ISO 8601
+    names: tuple[str, ...] = ()  # name keys (identity.names) the events carried
+    note: tuple[str, str] | None = None  # a manual link's or unlink's (actor, reason)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "event_id": self.event_id,
             "source": self.source,
             "occurred_at": self.occurred_at,
             "rule": _RULES[self.mode],
         }
+        if self.note is not None:
+            out["actor"], out["reason"] = self.note
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +98,11 @@ def _why_apart(
     if rec.mode != LINK:
         for side in (a, b):
             if side in view.shared:
-                return {"reason": "shared_identifier", "identifier": _ident(side)}
+                out: dict[str, Any] = {"reason": "shared_identifier", "identifier": _ident(side)}
+                why = why_shared([(r.ids, r.mode, r.names) for r in view.records], policy).get(side)
+                # the rule that found it shared; "names_differ": people with clearly different names gave it
+                out["shared_by"] = why.to_dict() if why is not None else {"rule": "hub"}
+                return out
     pa, pb = view.owner.get(a), view.owner.get(b)
     for pair in view.apart:
         x, y = tuple(pair)
@@ -102,11 +111,12 @@ def _why_apart(
     counts: dict[str | None, dict[str, int]] = {pa: {}, pb: {}}
     for ident, pid in view.owner.items():
         if pid in counts:
-            counts[pid][ident.kind] = counts[pid].get(ident.kind, 0) + 1
-    for kind in sorted(counts[pa].keys() & counts[pb].keys()):
-        limit = policy.limits.get(kind)
-        if limit is not None and counts[pa][kind] + counts[pb][kind] > limit:
-            return {"reason": "limit_exceeded", "kind": kind, "limit": limit}
+            cls = policy.limit_key(ident)
+            counts[pid][cls] = counts[pid].get(cls, 0) + 1
+    for cls in sorted(counts[pa].keys() & counts[pb].keys()):
+        limit = policy.limit(cls)
+        if limit is not None and counts[pa][cls] + counts[pb][cls] > limit:
+            return {"reason": "limit_exceeded", "kind": cls.partition(":")[0], "limit": limit}
     return {"reason": "refused_when_applied", "detail": "a limit held when this event was applied in time order"}
 
 

@@ -61,6 +61,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 from identity.errors import UnsupportedEvent
 from identity.explain import EvidenceRecord, GroupView
 from identity.golden import Golden, render
+from identity.names import name_key, touch_name
 from identity.normalize import Identifier, Normalizer, Rejection
 from identity.policy import ResolutionPolicy
 from identity.shared import AUTO, LINK, UNLINK, shared_identifiers
@@ -75,6 +76,7 @@ __all__ = [
     "Match",
     "ProfileChange",
     "erasure_hash",
+    "manual_note",
     "profile_id_for",
 ]
 
@@ -87,6 +89,8 @@ DEFAULT_ERASURE_KEY = b"idstream-development-erasure-key"
 EventKey = tuple[int, str]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Later than any event key (for identifiers without a birth).
+_NEVER: EventKey = (1 << 62, "")
 _MODES = {TouchType.IDENTITY_LINK: LINK, TouchType.IDENTITY_UNLINK: UNLINK}
 _RULES = {AUTO: "co_occurrence", LINK: "manual_link", UNLINK: "manual_unlink"}
 
@@ -233,16 +237,37 @@ Signature = tuple[frozenset[Identifier], int]
 _Holdings = dict[str, frozenset[Identifier]]  # profile id -> its identifiers
 
 
+#: Name keys one evidence record keeps (the smallest, so the set is a function of the events, not their order).
+MAX_RECORD_NAMES = 4
+
+
 class _Evidence:
-    """The earliest event that showed one set of identifiers together (or apart: ``mode``)."""
+    """The earliest event that showed one set of identifiers together (or apart: ``mode``), with the names
+    every event showing that set carried (:mod:`identity.names` keys)."""
 
-    __slots__ = ("ids", "key", "mode", "source")
+    __slots__ = ("ids", "key", "mode", "names", "note", "source")
 
-    def __init__(self, key: EventKey, source: str, ids: tuple[Identifier, ...], mode: int) -> None:
+    def __init__(
+        self,
+        key: EventKey,
+        source: str,
+        ids: tuple[Identifier, ...],
+        mode: int,
+        *,
+        names: tuple[str, ...] = (),
+        note: tuple[str, str] | None = None,
+    ) -> None:
         self.key = key
         self.source = source
         self.ids = ids  # distinct, strongest first
         self.mode = mode  # identity.shared.AUTO, LINK or UNLINK
+        self.names = names  # sorted, at most MAX_RECORD_NAMES
+        self.note = note  # a manual link's or unlink's (actor, reason)
+
+    @property
+    def record(self) -> tuple[tuple[Identifier, ...], int, tuple[str, ...]]:
+        """As :mod:`identity.shared` reads it."""
+        return self.ids, self.mode, self.names
 
     @property
     def occurred_at(self) -> datetime:
@@ -253,9 +278,35 @@ class _Evidence:
         return frozenset(self.ids), self.mode
 
 
-def _without(records: Iterable[_Evidence], gone: set[Identifier]) -> dict[Signature, _Evidence]:
-    """The records with the ``gone`` identifiers taken out (a record left empty is dropped), by signature: the
-    earliest record of each signature that results."""
+def _union_names(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    if not b or set(b) <= set(a):
+        return a
+    return tuple(sorted({*a, *b})[:MAX_RECORD_NAMES])
+
+
+def _keep(records: dict[Signature, _Evidence], ev: _Evidence) -> None:
+    """File ``ev`` among ``records``: the earliest event of a signature, with the names of all of them."""
+    signature = ev.signature
+    held = records.get(signature)
+    if held is None:
+        records[signature] = ev
+        return
+    first, later = (ev, held) if ev.key < held.key else (held, ev)
+    names = _union_names(first.names, later.names)
+    if first is held and names is held.names:
+        return
+    records[signature] = (
+        first
+        if names is first.names
+        else _Evidence(first.key, first.source, first.ids, first.mode, names=names, note=first.note)
+    )
+
+
+def _without(
+    records: Iterable[_Evidence], gone: set[Identifier], *, keep_names: bool = False
+) -> dict[Signature, _Evidence]:
+    """The records with the ``gone`` identifiers taken out (a record left empty is dropped; a record that lost an
+    identifier loses its names too: they may be the erased person's), by signature."""
     kept: dict[Signature, _Evidence] = {}
     for record in records:
         ev = record
@@ -263,15 +314,36 @@ def _without(records: Iterable[_Evidence], gone: set[Identifier]) -> dict[Signat
             ids = tuple(i for i in ev.ids if i not in gone)
             if not ids:
                 continue
-            ev = _Evidence(ev.key, ev.source, ids, ev.mode)
-        held = kept.get(ev.signature)
-        if held is None or ev.key < held.key:
-            kept[ev.signature] = ev
+            ev = _Evidence(ev.key, ev.source, ids, ev.mode, names=ev.names if keep_names else (), note=ev.note)
+        _keep(kept, ev)
     return kept
 
 
+def _export_record(ev: _Evidence, index: dict[Identifier, int]) -> list[Any]:
+    out: list[Any] = [ev.key[0], ev.key[1], ev.mode, ev.source, [index[i] for i in ev.ids]]
+    if ev.names or ev.note:
+        out.append(list(ev.names))
+    if ev.note:
+        out.append(list(ev.note))
+    return out
+
+
+#: Longest actor and reason a manual correction keeps.
+MAX_ACTOR, MAX_REASON = 100, 500
+
+
+def manual_note(touch: Touch) -> tuple[str, str]:
+    """Who made a manual link or unlink and why (``attributes.actor``, ``attributes.reason``), as given."""
+    attrs = touch.attributes
+    actor, reason = attrs.get("actor"), attrs.get("reason")
+    return (
+        (actor.strip()[:MAX_ACTOR] if isinstance(actor, str) else "") or "unknown",
+        reason.strip()[:MAX_REASON] if isinstance(reason, str) else "",
+    )
+
+
 class _Person:
-    __slots__ = ("counts", "created", "hroot", "id", "nodes")
+    __slots__ = ("counts", "created", "hroot", "id", "nodes")  # counts: per limit class (ResolutionPolicy.limit_key)
 
     def __init__(self, pid: str, created: EventKey, hroot: Identifier) -> None:
         self.id = pid
@@ -388,7 +460,12 @@ class IdentityGraph:
         if touch.type is TouchType.ERASE_REQUEST:
             return self._erase(touch, accepted, bad)
         if accepted and key <= self._erase_max:
-            accepted = [i for i in accepted if not self._erased_at(i, key)]
+            gone = [i for i in accepted if self._erased_at(i, key)]
+            if gone:
+                if touch.type is TouchType.IDENTITY_UNLINK:
+                    accepted = [i for i in accepted if i not in gone]
+                else:
+                    return self._erase_late(touch, gone, [i for i in accepted if i not in gone], bad)
         if not accepted:
             return ApplyResult(eid, "unresolved", rejected=bad)
         hubs = self._hubs
@@ -407,12 +484,14 @@ class IdentityGraph:
         eid, key = touch.event_id, touch.key
         mode = _MODES.get(touch.type, AUTO)
         if mode == UNLINK:
-            event = _Evidence(key, touch.source[:200], tuple(sorted(accepted, key=self._order)), mode)
+            ordered = tuple(sorted(accepted, key=self._order))
+            event = _Evidence(key, touch.source[:200], ordered, mode, note=manual_note(touch))
             roots = {self._find(i) for i in event.ids if i in self._parent}
             return self._replay(event, roots, bad, self._status(roots, key))
         strongest = accepted[0] if len(accepted) == 1 else min(accepted, key=self._order)
         if fold:
             self._fold(touch, key, strongest)
+        names = self._names_of(touch)
         owner = self._owner
         person = owner.get(strongest)
         if person is not None and mode == AUTO:
@@ -422,22 +501,31 @@ class IdentityGraph:
             signature = (frozenset(accepted), mode)
             held = group.evidence.get(signature)
             if held is not None and held.key < key:
+                if names and not set(names) <= set(held.names):  # a name this set of identifiers never carried
+                    more = _Evidence(held.key, held.source, held.ids, mode, names=_union_names(held.names, names))
+                    if self._shared_shift(more, {root}):
+                        return self._replay(more, {root}, bad, self._status({root}, key))
+                    group.evidence[signature] = more
                 return ApplyResult(eid, "applied", person.id, (ProfileChange("updated", person.id, eid),), (), bad)
             if (held is not None or all(owner.get(i) is person for i in accepted)) and (
                 group.max_key < key or self._already_joined(accepted, key)
             ):
                 ordered = tuple(sorted(accepted, key=self._order))  # replays take identifiers strongest first
-                event = _Evidence(key, touch.source[:200], ordered, mode)
+                event = _Evidence(key, touch.source[:200], ordered, mode, names=names)
+                if held is not None and names and not set(names) <= set(held.names):
+                    held = None  # new names: judged as new evidence
                 if held is None and self._shared_shift(event, {root}):
                     return self._replay(event, {root}, bad, self._status({root}, key))
                 if group.max_key < key:
                     group.max_key = key
                 else:
                     self.late_without_replay += 1
-                group.evidence[signature] = event
+                _keep(group.evidence, event)
                 return ApplyResult(eid, "applied", person.id, (ProfileChange("updated", person.id, eid),), (), bad)
         ids = tuple(sorted(accepted, key=self._order))
-        event = _Evidence(key, touch.source[:200], ids, mode)
+        event = _Evidence(
+            key, touch.source[:200], ids, mode, names=names, note=manual_note(touch) if mode == LINK else None
+        )
         roots = {self._find(i) for i in ids if i in self._parent}
         if mode == LINK and self._unlinked_among(ids):
             return self._replay(event, roots, bad, self._status(roots, key))  # a newer link may lift an unlink
@@ -518,7 +606,7 @@ class IdentityGraph:
             for ev in records.values()
             if ev.mode == AUTO and x in ev.ids and (ids := tuple(i for i in ev.ids if i != x))
         ]
-        kept = _without(records.values(), {x})
+        kept = _without(records.values(), {x}, keep_names=True)
         self._constrain(kept.values(), nodes)
         self._refile(kept.values(), None)
         self._shared.add(x)
@@ -603,7 +691,7 @@ class IdentityGraph:
             return None
         group = self._groups[self._find(ident)]
         records = tuple(
-            EvidenceRecord(ev.ids, ev.mode, ev.key[1], ev.source, ev.occurred_at.isoformat())
+            EvidenceRecord(ev.ids, ev.mode, ev.key[1], ev.source, ev.occurred_at.isoformat(), ev.names, ev.note)
             for ev in group.evidence.values()
         )
         owner = {n: self._owner[n].id for n in group.nodes}
@@ -677,6 +765,14 @@ class IdentityGraph:
             rank = self._ranks[ident.kind] = self.policy.kind_rank(ident.kind)
         return rank, ident.value
 
+    def _names_of(self, touch: Touch) -> tuple[str, ...]:
+        """The name key an event carries, as evidence (see :mod:`identity.names`)."""
+        raw = touch_name(touch.attributes) if touch.attributes else None
+        if raw is None:
+            return ()
+        name = name_key(raw)
+        return (name,) if name is not None else ()
+
     def _fold(self, touch: Touch, key: EventKey, strongest: Identifier) -> None:
         trust = self._trust.get((touch.type, touch.source))
         if trust is None:
@@ -744,17 +840,18 @@ class IdentityGraph:
                     kind, limit, reason = refused
                     refused_ids.add(person.id)
                     step.conflicts.append(Conflict(event.key[1], kind, limit, acc.id, person.id, ident, reason))
-        limits = self.policy.limits
+        limit_key, limit_of = self.policy.limit_key, self.policy.limit
         apart = self._apart
         for ident in fresh:
             if acc is None:  # named after the event's strongest identifier even if that is shared now,
                 acc = self._new_person(event, ident, step, named_by=event.ids[0])  # so a split keeps the id
                 continue
-            cap = limits.get(ident.kind)
+            cls = limit_key(ident)
+            cap = limit_of(cls)
             if apart and any(owner.get(m) is acc for m in apart.get(ident, ())):
                 other = self._new_person(event, ident, step)
                 step.conflicts.append(Conflict(event.key[1], ident.kind, 0, acc.id, other.id, ident, "unlinked"))
-            elif manual or cap is None or acc.counts.get(ident.kind, 0) < cap:
+            elif manual or cap is None or acc.counts.get(cls, 0) < cap:
                 self._add_node(acc, ident, event.key)
             else:
                 other = self._new_person(event, ident, step)
@@ -768,12 +865,13 @@ class IdentityGraph:
         return any(owner.get(m) is big for n in small.nodes for m in apart.get(n, ()))
 
     def _refusal(self, a: _Person, b: _Person) -> tuple[str, int, str] | None:
-        """The first kind (alphabetically) that both hold and would exceed its limit together."""
-        limits = self.policy.limits
-        for kind in sorted(a.counts.keys() & b.counts.keys()):
-            limit = limits.get(kind)
-            if limit is not None and a.counts[kind] + b.counts[kind] > limit:
-                return kind, limit, "limit_exceeded"
+        """The first kind (alphabetically by limit class: a CRM id counts per system) that both hold and would
+        exceed its limit together."""
+        limit_of = self.policy.limit
+        for cls in sorted(a.counts.keys() & b.counts.keys()):
+            limit = limit_of(cls)
+            if limit is not None and a.counts[cls] + b.counts[cls] > limit:
+                return cls.partition(":")[0], limit, "limit_exceeded"
         return None
 
     def _new_person(
@@ -796,7 +894,8 @@ class IdentityGraph:
 
     def _add_node(self, person: _Person, ident: Identifier, key: EventKey) -> None:
         person.nodes.append(ident)
-        person.counts[ident.kind] = person.counts.get(ident.kind, 0) + 1
+        cls = self.policy.limit_key(ident)
+        person.counts[cls] = person.counts.get(cls, 0) + 1
         self._owner[ident] = person
         self._born[ident] = key
         if ident != person.hroot:
@@ -806,8 +905,8 @@ class IdentityGraph:
 
     def _survivor_is_first(self, a: _Person, b: _Person) -> bool:
         anchors = self.policy.anchor_kinds
-        a_anchored = any(a.counts.get(k) for k in anchors)
-        b_anchored = any(b.counts.get(k) for k in anchors)
+        a_anchored = any(n and k.partition(":")[0] in anchors for k, n in a.counts.items())
+        b_anchored = any(n and k.partition(":")[0] in anchors for k, n in b.counts.items())
         if a_anchored != b_anchored:
             return a_anchored
         return (a.created, a.id) < (b.created, b.id)
@@ -868,10 +967,7 @@ class IdentityGraph:
             group = groups[root] = _Group(event.key, fresh)
         for ident in fresh:
             parent[ident] = root
-        signature = event.signature
-        held = group.evidence.get(signature)
-        if held is None or event.key < held.key:
-            group.evidence[signature] = event
+        _keep(group.evidence, event)
         group.max_key = max(group.max_key, event.key)
 
     # ------------------------------------------------------------------ constraints and replays
@@ -886,8 +982,8 @@ class IdentityGraph:
     def _shared_shift(self, event: _Evidence, roots: set[Identifier]) -> bool:
         """Would filing this new evidence change which identifiers of its group are shared?"""
         groups = [self._groups[r] for r in roots]
-        records = [(ev.ids, ev.mode) for g in groups for ev in g.evidence.values()]
-        records.append((event.ids, event.mode))
+        records = [ev.record for g in groups for ev in g.evidence.values()]
+        records.append(event.record)
         now = shared_identifiers(records, self.policy)
         if not self._shared:
             return bool(now)
@@ -904,7 +1000,7 @@ class IdentityGraph:
         for node in nodes:
             self._shared.discard(node)
             self._apart.pop(node, None)
-        shared = shared_identifiers([(ev.ids, ev.mode) for ev in records], self.policy)
+        shared = shared_identifiers([ev.record for ev in records], self.policy)
         self._shared |= shared
         links = [ev for ev in records if ev.mode == LINK]
         for ev in records:
@@ -957,9 +1053,7 @@ class IdentityGraph:
         if status == "reordered":
             self.reorders += 1
         nodes, records, before = self._unfile(roots)
-        held = records.get(event.signature)
-        if held is None or event.key < held.key:
-            records[event.signature] = event
+        _keep(records, event)
         was_shared = {n for n in (*nodes, *event.ids) if n in self._shared}
         shared = self._constrain(records.values(), (*nodes, *event.ids))
         conflicts = self._refile(records.values(), event)
@@ -973,11 +1067,78 @@ class IdentityGraph:
         newly = tuple(sorted(shared - was_shared))
         return ApplyResult(event.key[1], status, primary, changes, self._live(conflicts), rejected, newly)
 
+    def _erase_late(
+        self, touch: Touch, gone: Sequence[Identifier], rest: Sequence[Identifier], rejected: tuple[Rejection, ...]
+    ) -> ApplyResult:
+        """An event older than an erasure of one of its identifiers, arriving after it.
+
+        An erasure is an event on the person's timeline: in time order this event came first and put its
+        identifiers in the person the erasure then deleted. So it is erased itself (its touch is dropped),
+        and so is what it would have joined: the identifiers it names, each one's person if that identifier
+        was there before the erasure, and (remembered as erased up to the erasure) those it names for the
+        first time, so that their own late events are erased in turn. Shared identifiers are left alone:
+        they were nobody's; so are identifiers a manager unlinked from the erased ones. An identifier first
+        seen after the erasure keeps what came after.
+        """
+        eid = touch.event_id
+        erasure = max(self._erased[erasure_hash(self._erasure_key, i)] for i in gone)
+        targets: list[Identifier] = []
+        for ident in rest:
+            if ident in self._shared or self._unlinked_from_erased(ident):
+                continue
+            born = self._born.get(ident)
+            if born is None or born < erasure:
+                targets.append(ident)
+            else:  # in time order it was erased, then seen again: its own older late events are erased too
+                digest = erasure_hash(self._erasure_key, ident)
+                self._erased[digest] = max(self._erased.get(digest, erasure), erasure)
+        if not targets:
+            return ApplyResult(eid, "applied", None, (), (), rejected)
+        return self._erase_ids(eid, erasure, targets, rejected)
+
+    def _unlinked_from_erased(self, ident: Identifier) -> bool:
+        """Did a manager unlink ``ident`` from identifiers since erased (an unlink record left holding it alone)?
+        Then a late event showing them together would not have joined them: it takes nothing of ``ident``'s."""
+        if ident not in self._parent:
+            return False
+        group = self._groups[self._find(ident)]
+        return any(ev.mode == UNLINK and ev.ids == (ident,) for ev in group.evidence.values())
+
     def _erase(self, touch: Touch, accepted: Sequence[Identifier], rejected: tuple[Rejection, ...]) -> ApplyResult:
         """Delete every identifier, touch and attribute of the persons holding these identifiers."""
-        eid, key = touch.event_id, touch.key
         if not accepted:
-            return ApplyResult(eid, "unresolved", rejected=rejected)
+            return ApplyResult(touch.event_id, "unresolved", rejected=rejected)
+        if len(accepted) > 1 and any(i in self._shared and i not in self._hubs for i in accepted):
+            accepted = [*accepted, *self._claimed(accepted)]
+        return self._erase_ids(touch.event_id, touch.key, accepted, rejected)
+
+    def _claimed(self, accepted: Sequence[Identifier]) -> list[Identifier]:
+        """What a request naming several identifiers as one person's claims beyond their persons.
+
+        A caller id seen only on calls from two browsers is judged shared (nobody claimed it); the request
+        naming it beside the person's e-mail claims it, as the form that showed them together would have.
+        If the claim makes it personal, the identifiers it then joins are the person's too and are erased
+        with it, so the result does not depend on whether that form arrived before the erasure or after.
+        """
+        roots = {self._find(i) for i in accepted if i in self._parent}
+        records = [ev for r in roots for ev in self._groups[r].evidence.values()]
+        now = shared_identifiers([*(ev.record for ev in records), (tuple(accepted), AUTO, ())], self.policy)
+        free = {i for i in accepted if i in self._shared and i not in now}
+        if not free:
+            return []
+        reached, grew = set(free), True
+        linking = [[i for i in ev.ids if i not in now] for ev in records if ev.mode != UNLINK]
+        while grew:
+            grew = False
+            for ids in linking:
+                if not reached.isdisjoint(ids) and not reached.issuperset(ids):
+                    reached.update(ids)
+                    grew = True
+        return sorted(reached - set(accepted), key=self._order)
+
+    def _erase_ids(
+        self, eid: str, key: EventKey, accepted: Sequence[Identifier], rejected: tuple[Rejection, ...]
+    ) -> ApplyResult:
         targets = {self._owner[i].id: self._owner[i] for i in accepted if i in self._owner}
         erased = {*accepted, *(n for p in targets.values() for n in p.nodes)}
         roots = {self._find(n) for n in erased if n in self._parent}
@@ -1024,11 +1185,11 @@ class IdentityGraph:
         for pid, nodes in before.items():
             if pid in after:
                 continue
-            shares: dict[str, int] = {}
-            for n in nodes:
-                new_pid = self._owner[n].id
-                shares[new_pid] = shares.get(new_pid, 0) + 1
-            home[pid] = min(shares, key=lambda p: (-shares[p], p))
+            # a retired id follows its oldest identifier: the same person in every arrival order (which person
+            # held most of it when it was retired depends on what had arrived)
+            born = self._born
+            oldest = min(nodes, key=lambda n: (born.get(n, _NEVER), self._order(n)))
+            home[pid] = self._owner[oldest].id
             self._redirects[pid] = home[pid]
         changes = []
         for pid in sorted(after):
@@ -1156,7 +1317,7 @@ class IdentityGraph:
         out: dict[str, Any] = {
             "n": [f"{n.kind}\x1f{n.value}" for n in nodes],
             "mk": key(group.max_key),
-            "e": [[ev.key[0], ev.key[1], ev.mode, ev.source, [index[i] for i in ev.ids]] for ev in records],
+            "e": [_export_record(ev, index) for ev in records],
             "p": persons,
             "h": history,
         }
@@ -1178,7 +1339,17 @@ class IdentityGraph:
     def load_unit(self, unit: dict[str, Any]) -> Identifier:
         """Take in an evidence group exported by :meth:`export_unit`; its root."""
         nodes = [Identifier(*n.split("\x1f", 1)) for n in unit["n"]]
-        records = [_Evidence((r[0], r[1]), r[3], tuple(nodes[i] for i in r[4]), r[2]) for r in unit["e"]]
+        records = [
+            _Evidence(
+                (r[0], r[1]),
+                r[3],
+                tuple(nodes[i] for i in r[4]),
+                r[2],
+                names=tuple(r[5]) if len(r) > 5 else (),
+                note=(r[6][0], r[6][1]) if len(r) > 6 and r[6] else None,
+            )
+            for r in unit["e"]
+        ]
 
         def key(x: int | list[Any]) -> EventKey:
             return records[x].key if isinstance(x, int) else (x[0], x[1])
@@ -1192,8 +1363,10 @@ class IdentityGraph:
             person = _Person(pid, key(created), nodes[hroot])
             person.nodes = [nodes[i] for i in members]
             counts = person.counts
+            limit_key = self.policy.limit_key
             for n in person.nodes:
-                counts[n.kind] = counts.get(n.kind, 0) + 1
+                cls = limit_key(n)
+                counts[cls] = counts.get(cls, 0) + 1
                 owner[n] = person
             self._persons[pid] = person
         for n, h in zip(nodes, unit["h"], strict=True):

@@ -8,6 +8,7 @@ from types import MappingProxyType
 
 from identity.attribution import ChannelRanks
 from identity.errors import ConfigurationError
+from identity.normalize import DEFAULT_CRM_SYSTEMS, Identifier, validate_prefix_names
 from identity.touch import Touch, TouchType
 
 __all__ = [
@@ -15,9 +16,12 @@ __all__ = [
     "DEFAULT_LEAD_POINTS",
     "DEFAULT_LIMITS",
     "DEFAULT_LOST_STAGES",
+    "DEFAULT_NUMBER_TYPE_WEIGHTS",
     "DEFAULT_PERSONAL_KINDS",
     "DEFAULT_SHARED_CLUSTERS",
+    "DEFAULT_SHARED_DEVICES",
     "DEFAULT_SHARED_PERSONS",
+    "DEFAULT_SHARING_KINDS",
     "DEFAULT_TYPE_TRUST",
     "DEFAULT_WON_STAGES",
     "ResolutionPolicy",
@@ -35,7 +39,9 @@ DEFAULT_KIND_PRIORITY: tuple[str, ...] = (
 )
 
 #: Most distinct values of a kind one person may hold. A merge or link that would
-#: exceed it is refused and reported as a conflict.
+#: exceed it is refused and reported as a conflict. A ``crm_contact_id`` counts per CRM system
+#: (see :meth:`ResolutionPolicy.limit_key`): one ``amocrm:`` id, one ``dynamics:`` id and one
+#: unprefixed id by default; a key ``crm_contact_id:<system>`` sets one system's own limit.
 DEFAULT_LIMITS: Mapping[str, int] = MappingProxyType(
     {
         "crm_contact_id": 1,
@@ -62,6 +68,39 @@ DEFAULT_SHARED_PERSONS: Mapping[str, int] = MappingProxyType(
 #: on calls), into more than this many clusters of any kind: a caller id that three unrelated browsing
 #: sessions called from is a switchboard, not a person's own phone.
 DEFAULT_SHARED_CLUSTERS: Mapping[str, int] = MappingProxyType({"phone": 1})
+
+#: ...or when the clusters seen with it (persons and bare devices), weighted by the value's type, pass this
+#: person-sized bound: one person's phone or e-mail is seen beside a handful of separate browsers, an office
+#: switchboard or ``info@`` beside many.
+DEFAULT_SHARED_DEVICES: Mapping[str, int] = MappingProxyType({"phone": 10, "email": 10, "messenger_id": 10})
+
+#: The weight of a phone number's type (``phonenumbers``' types, lower case) in that bound: a landline or a
+#: virtual PBX number belongs to an office or a household far more often than a mobile, so three separate
+#: clusters behind a landline pass it (3 x 4 > 10) while a mobile needs eleven. Types not listed weigh 1.
+DEFAULT_NUMBER_TYPE_WEIGHTS: Mapping[str, int] = MappingProxyType(
+    {
+        "fixed_line": 4,
+        "voip": 4,
+        "uan": 4,
+        "fixed_line_or_mobile": 2,
+        "toll_free": 6,
+        "shared_cost": 6,
+        "premium_rate": 6,
+    }
+)
+
+#: Kinds whose different values, held by two clusters seen with a value of the key's kind, are evidence that
+#: two people use it (unless their names match): two phones or two e-mails on one device, two e-mails on one
+#: phone. A phone and an e-mail are not: that is one person's phone and e-mail.
+DEFAULT_SHARING_KINDS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "ga_client_id": frozenset({"phone", "email"}),
+        "ym_client_id": frozenset({"phone", "email"}),
+        "phone": frozenset({"email"}),
+        "email": frozenset({"phone"}),
+        "messenger_id": frozenset({"phone", "email"}),
+    }
+)
 
 #: Attribute survivorship: a higher number beats a lower one, then recency decides.
 DEFAULT_TYPE_TRUST: Mapping[str, int] = MappingProxyType(
@@ -91,6 +130,11 @@ DEFAULT_WON_STAGES: frozenset[str] = frozenset({"won", "closed_won", "142"})
 DEFAULT_LOST_STAGES: frozenset[str] = frozenset({"lost", "closed_lost", "143"})
 
 
+_CRM = "crm_contact_id"
+#: CRM id values whose :meth:`ResolutionPolicy.limit_key` is remembered (then the memo starts over).
+_KEY_CACHE_SIZE = 1 << 16
+
+
 def _parse_point_rule(rule: str) -> tuple[str, str | None, str | None]:
     kind, _, condition = rule.partition(":")
     if kind not in {t.value for t in TouchType}:
@@ -107,7 +151,8 @@ def _parse_point_rule(rule: str) -> tuple[str, str | None, str | None]:
 class ResolutionPolicy:
     """The operator's rules. Immutable: a change of policy is a new policy object."""
 
-    #: Per-kind ceiling on distinct values per person; kinds not listed are unlimited.
+    #: Per-kind ceiling on distinct values per person; kinds not listed are unlimited. Keys are kinds or
+    #: counting classes (``crm_contact_id:amocrm``, see :meth:`limit_key`); a class not listed has its kind's limit.
     limits: Mapping[str, int] = field(default_factory=lambda: DEFAULT_LIMITS)
     #: Kinds in order of evidential strength; undeclared kinds come after, alphabetically.
     kind_priority: tuple[str, ...] = DEFAULT_KIND_PRIORITY
@@ -139,13 +184,31 @@ class ResolutionPolicy:
     #: persons seen with it, so an evidence group (what a batch loads) stays about person-sized and an
     #: event's cost never depends on how often a switchboard or ``info@`` mailbox was seen. At least 8.
     hub_group_size: int = 64
+    #: See :data:`DEFAULT_SHARED_DEVICES`, :data:`DEFAULT_NUMBER_TYPE_WEIGHTS` and :data:`DEFAULT_SHARING_KINDS`.
+    shared_devices: Mapping[str, int] = field(default_factory=lambda: DEFAULT_SHARED_DEVICES)
+    number_type_weights: Mapping[str, int] = field(default_factory=lambda: DEFAULT_NUMBER_TYPE_WEIGHTS)
+    sharing_kinds: Mapping[str, frozenset[str]] = field(default_factory=lambda: DEFAULT_SHARING_KINDS)
+    #: CRM systems a ``crm_contact_id`` may name (``amocrm:501``); each counts on its own. Keep equal to the
+    #: normalizer's (:attr:`identity.normalize.NormalizerConfig.crm_systems`): the settings build both from one list.
+    crm_systems: frozenset[str] = DEFAULT_CRM_SYSTEMS
     ranks: ChannelRanks = field(init=False, repr=False, compare=False)
     _point_rules: tuple[tuple[str, str | None, str | None, int], ...] = field(init=False, repr=False, compare=False)
+    #: Caches of :meth:`limit_key` and :meth:`limit` (not part of the value: equality and hashing ignore them).
+    _system_keys: dict[str, str] = field(init=False, repr=False, compare=False)
+    _value_keys: dict[str, str] = field(init=False, repr=False, compare=False)
+    _class_limits: dict[str, int | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        validate_prefix_names("CRM system", self.crm_systems)
         for kind, limit in self.limits.items():
             if limit < 1:
                 raise ConfigurationError(f"limit for {kind!r} must be at least 1, got {limit}")
+            base, sep, system = kind.partition(":")
+            if sep and (base != _CRM or system not in self.crm_systems):
+                raise ConfigurationError(
+                    f"limit for {kind!r}: only a crm_contact_id takes a per-system limit, and only of a configured "
+                    f"CRM system ({', '.join(sorted(self.crm_systems))})"
+                )
         for kind, limit in (*self.shared_persons.items(), *self.shared_clusters.items()):
             if limit < 1:
                 raise ConfigurationError(f"shared threshold for {kind!r} must be at least 1, got {limit}")
@@ -158,11 +221,61 @@ class ResolutionPolicy:
             raise ConfigurationError(f"stages both won and lost: {sorted(self.won_stages & self.lost_stages)}")
         if self.attribution_touches < 0:
             raise ConfigurationError("attribution_touches must not be negative")
+        for kind, limit in self.shared_devices.items():
+            if limit < 2:
+                raise ConfigurationError(f"shared device bound for {kind!r} must be at least 2, got {limit}")
+        for number_type, weight in self.number_type_weights.items():
+            if not 1 <= weight <= 100:
+                raise ConfigurationError(f"weight of number type {number_type!r} must be 1-100, got {weight}")
         if self.hub_group_size < 8:
             raise ConfigurationError(f"hub_group_size must be at least 8, got {self.hub_group_size}")
         object.__setattr__(self, "ranks", ChannelRanks(self.channel_ranks))
         rules = tuple((*_parse_point_rule(rule), points) for rule, points in sorted(self.lead_points.items()))
         object.__setattr__(self, "_point_rules", rules)
+        object.__setattr__(self, "_system_keys", {system: f"{_CRM}:{system}" for system in self.crm_systems})
+        object.__setattr__(self, "_value_keys", {})
+        object.__setattr__(self, "_class_limits", {})
+
+    def limit_key(self, ident: Identifier) -> str:
+        """The class ``ident`` counts in against :attr:`limits`.
+
+        ``crm_contact_id:<system>`` for a CRM id whose value names a configured system (``amocrm:501`` counts in
+        ``crm_contact_id:amocrm``), ``crm_contact_id`` for any other CRM id (the unnamed system: ``501``,
+        ``amo:501``), the kind itself for every other kind (a ``telegram:`` and a ``vk:`` messenger id both count
+        as ``messenger_id``). Values are normalized ones: the system is matched exactly, in its stored lower-case
+        spelling, so a value stored before prefixes existed (``AmoCRM:501``) stays in the unnamed class.
+        """
+        kind = ident.kind
+        if kind != _CRM:
+            return kind
+        cache = self._value_keys
+        key = cache.get(ident.value)
+        if key is None:
+            head, sep, _ = ident.value.partition(":")
+            key = self._system_keys.get(head, kind) if sep else kind
+            if len(cache) >= _KEY_CACHE_SIZE:  # bounded: a worker sees millions of CRM ids over its life
+                cache.clear()
+            cache[ident.value] = key
+        return key
+
+    def limit(self, key: str) -> int | None:
+        """The most distinct values of one class (a :meth:`limit_key`) a person may hold; None: unlimited.
+
+        ``limits[key]`` when configured, else the limit of the key's kind (``limits["crm_contact_id"]`` for
+        ``crm_contact_id:amocrm``).
+        """
+        cache = self._class_limits
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        limits = self.limits
+        found = limits.get(key)
+        if found is None and ":" in key:
+            found = limits.get(key.partition(":")[0])
+        if len(cache) < 4096:  # keys are kinds and configured classes; a bound for callers passing anything
+            cache[key] = found
+        return found
 
     def kind_rank(self, kind: str) -> tuple[int, str]:
         """Sort key: lower is stronger."""

@@ -39,7 +39,8 @@ class ProfileUpdate(BaseModel):
         default_factory=list,
         description=(
             "For merged, split and erased: {rule, event_id, type, source, occurred_at[, shared]} per deciding "
-            "event; rule is co_occurrence, manual_link, manual_unlink, shared_identifier, late_event or erasure."
+            "event; rule is co_occurrence, manual_link, manual_unlink, shared_identifier, late_event or erasure; "
+            "a manual_link or manual_unlink also names its actor and reason (attributes.actor and .reason)."
         ),
     )
     profile: dict[str, Any] | None = Field(description="The golden profile; null for erased.")

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from identity import ApplyResult, ConfigurationError, IdstreamError, Touch, TouchType, TransientError, UnsupportedEvent
 from identity.card import screen_pop
 from identity.golden import fit
-from identity.graph import APPLIED_TYPES, ChangeKind
+from identity.graph import APPLIED_TYPES, ChangeKind, manual_note
 from identity.triggers import Candidate, TriggerRules, candidates
 from schemas import DeadLetter, IdentityChange, InvalidMessage, ProfileUpdate, Trigger, decode_touch
 from streams.observe import DEAD_LETTERS, BatchStats
@@ -102,6 +102,8 @@ def evidence(touch: Touch, result: ApplyResult) -> dict[str, Any]:
         "source": touch.source,
         "occurred_at": touch.occurred_at.isoformat(),
     }
+    if touch.type in (TouchType.IDENTITY_LINK, TouchType.IDENTITY_UNLINK):  # a manager's statement: who and why
+        out["actor"], out["reason"] = manual_note(touch)
     if result.shared:
         out["shared"] = [{"kind": i.kind, "value": i.value} for i in result.shared]
     return out

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import redis
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from identity import IdentityGraph, JunkPolicy, Normalizer, NormalizerConfig, ResolutionPolicy
+from identity import ConfigurationError, IdentityGraph, JunkPolicy, Normalizer, NormalizerConfig, ResolutionPolicy
+from identity.normalize import DEFAULT_CRM_SYSTEMS, DEFAULT_MESSENGER_PLATFORMS, validate_prefix_names
 from identity.policy import (
     DEFAULT_KIND_PRIORITY,
     DEFAULT_LEAD_POINTS,
     DEFAULT_LIMITS,
     DEFAULT_LOST_STAGES,
+    DEFAULT_NUMBER_TYPE_WEIGHTS,
     DEFAULT_SHARED_CLUSTERS,
+    DEFAULT_SHARED_DEVICES,
     DEFAULT_SHARED_PERSONS,
     DEFAULT_WON_STAGES,
 )
@@ -52,6 +56,19 @@ class Settings(BaseSettings):
     )
     junk_email_domains: list[str] = Field(default_factory=list)
     normalizer_cache_size: int = 1 << 18
+    crm_systems: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CRM systems beyond the built-in ones (amocrm, bitrix24, dynamics, 1c, retailcrm, megaplan, "
+        "salesforce, hubspot) that a crm_contact_id may name as <system>:<id>, comma-separated (IDSTREAM_CRM_SYSTEMS="
+        "amo,sbis). A person holds up to the crm_contact_id limit per system; values of other prefixes stay ids of "
+        "the unnamed system.",
+    )
+    messenger_platforms: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Messenger platforms beyond the built-in ones (telegram, vk, whatsapp, viber, max) that a "
+        "messenger_id may name as <platform>:<id>, comma-separated; their ids take the generic rule (lower-case, "
+        "no leading @). A new name is a platform of its own, never an alias of a built-in one.",
+    )
 
     redis_url: str | None = Field(
         None,
@@ -142,6 +159,16 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_SHARED_CLUSTERS),
         description="...or, when nobody claimed it beside their own identifiers, with more clusters (JSON).",
     )
+    shared_devices: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_SHARED_DEVICES),
+        description="...or when the persons and unnamed device clusters it joins, each weighed by the phone "
+        "number's type, exceed this bound (JSON; {} turns the rule off).",
+    )
+    number_type_weights: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_NUMBER_TYPE_WEIGHTS),
+        description="Weight of a phone number's type (fixed_line, voip, toll_free, ...) in that bound (JSON; "
+        "types not listed weigh 1).",
+    )
     erasure_key: SecretStr = Field(
         SecretStr("idstream-development-erasure-key"),
         description="Key of the hashes erased identifiers are remembered by. Set a long random secret in "
@@ -221,6 +248,37 @@ class Settings(BaseSettings):
                 raise ValueError(f"token #{i + 1} is shorter than 16 characters")
         return tokens
 
+    @field_validator("crm_systems", "messenger_platforms", mode="before")
+    @classmethod
+    def _prefix_names(cls, value: object, info: ValidationInfo) -> object:
+        """A comma-separated list (or a JSON list) of names, lower-cased; each a valid prefix."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"not a JSON list of names: {exc}") from None
+            else:
+                value = text.split(",")
+        if not isinstance(value, list | tuple | set | frozenset) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected names separated by commas, e.g. 'amo,sbis'")
+        names = [name.strip().lower() for name in value]
+        names = [name for name in names if name]
+        try:
+            validate_prefix_names("CRM system" if info.field_name == "crm_systems" else "messenger platform", names)
+        except ConfigurationError as exc:
+            raise ValueError(exc.message) from None
+        return sorted(set(names))
+
+    def crm_system_names(self) -> frozenset[str]:
+        """Every CRM system a ``crm_contact_id`` may name: the built-in ones and ``IDSTREAM_CRM_SYSTEMS``."""
+        return DEFAULT_CRM_SYSTEMS | frozenset(self.crm_systems)
+
+    def messenger_platform_names(self) -> frozenset[str]:
+        """Every platform a ``messenger_id`` may name: the built-in ones and ``IDSTREAM_MESSENGER_PLATFORMS``."""
+        return DEFAULT_MESSENGER_PLATFORMS | frozenset(self.messenger_platforms)
+
     def secret_values(self) -> list[str]:
         """Every secret a log line must never show: tokens, keys, webhook secrets, server passwords."""
         found = [t.get_secret_value() for t in self.api_tokens]
@@ -249,6 +307,8 @@ class Settings(BaseSettings):
             extra_kinds=frozenset(self.extra_kinds),
             junk=junk,
             cache_size=self.normalizer_cache_size,
+            crm_systems=self.crm_system_names(),
+            messenger_platforms=self.messenger_platform_names(),
         )
 
     def policy(self) -> ResolutionPolicy:
@@ -263,9 +323,12 @@ class Settings(BaseSettings):
             lost_stages=frozenset(self.lost_stages),
             shared_persons=dict(self.shared_persons),
             shared_clusters=dict(self.shared_clusters),
+            shared_devices=dict(self.shared_devices),
+            number_type_weights=dict(self.number_type_weights),
             channel_ranks=dict(self.channel_ranks),
             attribution_touches=self.attribution_touches,
             hub_group_size=self.hub_group_size,
+            crm_systems=self.crm_system_names(),
         )
 
     def trigger_rules_config(self) -> TriggerRules:
