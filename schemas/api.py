@@ -11,15 +11,27 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from schemas.errors import FieldError
+from schemas.touch import TouchEvent
+
 __all__ = [
     "MAX_BATCH",
     "MAX_CANDIDATES",
+    "MAX_PREVIEW",
     "BatchLookupRequest",
     "BatchLookupResponse",
     "Candidate",
     "ErrorResponse",
     "IdentifierQuery",
     "LookupResult",
+    "PreviewChange",
+    "PreviewConflict",
+    "PreviewError",
+    "PreviewEvent",
+    "PreviewIdentifier",
+    "PreviewRejected",
+    "PreviewResponse",
+    "PreviewSummary",
     "ProfileResponse",
     "ScreenPopCard",
     "openapi",
@@ -200,6 +212,110 @@ class ErrorResponse(_Model):
     message: str
 
 
+# ----------------------------------------------------------------------------- POST /v1/preview (a dry run)
+
+#: Most touch events in one preview.
+MAX_PREVIEW = 1000
+
+PreviewStatus = Literal["applied", "reordered", "duplicate", "unresolved", "invalid"]
+
+
+class PreviewIdentifier(_Model):
+    """An identifier as the store keeps it: normalized (as in profiles, explanations and ``identity.changes``)."""
+
+    kind: str
+    value: str
+
+
+class PreviewChange(_Model):
+    """What would happen to one person (as ``identity.changes`` and ``profiles.updates`` would announce it)."""
+
+    kind: Literal["created", "updated", "merged", "split", "erased"]
+    profile_id: str
+    merged_from: list[str] = Field(description="merged: the ids that would be retired into profile_id.")
+    split_from: list[str] = Field(description="split: the ids identifiers would move from or to.")
+    moved: list[PreviewIdentifier] = Field(description="split: the identifiers profile_id would take over.")
+
+
+class PreviewConflict(_Model):
+    """A merge that would be refused (``identity.changes`` type ``conflict``)."""
+
+    reason: str = Field(description="limit_exceeded (a per-kind limit) or unlinked (an identity_unlink).")
+    kind: str = Field(description="The identifier kind whose limit refused it.")
+    limit: int
+    profile_id: str
+    other_profile_id: str
+    identifier: PreviewIdentifier
+
+
+class PreviewRejected(_Model):
+    """An identifier of the event that would not be used (the event's other identifiers still count)."""
+
+    kind: str
+    value: str = Field(description="As sent.")
+    reason: str
+    message: str
+
+
+class PreviewError(_Model):
+    """Why an event would not be applied: the error its dead letter on ``touches.dlq`` would carry."""
+
+    code: str = Field(description="invalid_message (the decoder's), unsupported_event, invalid_input, ...")
+    message: str
+    errors: list[FieldError] | None = Field(None, description="invalid_message: every bad field (at most 20).")
+
+
+class PreviewEvent(_Model):
+    """What one event of the batch would do, in the order sent, given the events before it."""
+
+    index: int = Field(ge=0, description="The event's position in the request array.")
+    event_id: str | None = Field(description="Null only when an invalid event has no usable event_id.")
+    status: PreviewStatus = Field(
+        description="applied; reordered (a late event: its evidence group would be re-resolved in time order); "
+        "duplicate (its event_id was applied before, or came earlier in this batch); unresolved (no usable "
+        "identifier); invalid (it would be a dead letter: see error)."
+    )
+    profile_id: str | None = Field(description="The person the event would land on (null when none).")
+    changes: list[PreviewChange]
+    conflicts: list[PreviewConflict]
+    shared: list[PreviewIdentifier] = Field(description="Identifiers this event would make shared.")
+    rejected: list[PreviewRejected]
+    reused_by: str | None = Field(
+        None, description="duplicate: the source of the first event when this one came with other content."
+    )
+    error: PreviewError | None = Field(None, description="Set when status is invalid.")
+
+
+class PreviewSummary(_Model):
+    """Counts over the whole batch."""
+
+    events: int
+    applied: int = Field(description="Events applied (reordered ones included).")
+    reordered: int
+    duplicates: int
+    unresolved: int
+    invalid: int
+    persons_created: int
+    persons_merged: int = Field(description="Profile ids that would be retired into another person.")
+    splits: int = Field(description="Persons that would give identifiers away or take them over.")
+    persons_erased: int
+    conflicts: int = Field(description="Merges that would be refused.")
+    newly_shared: int = Field(description="Distinct identifiers the events would make shared.")
+    newly_contested: int = Field(description="Identifiers contested after the batch that are not now.")
+
+
+class PreviewResponse(_Model):
+    """What ``POST /v1/preview`` found: nothing was written (``dry_run``)."""
+
+    dry_run: Literal[True] = Field(description="Always true: the preview wrote nothing to the store.")
+    events: list[PreviewEvent] = Field(description="One per event sent, in order.")
+    contested: list[PreviewIdentifier] = Field(
+        description="Identifiers that would be contested after the batch (a lookup would answer ambiguous: another "
+        "person claims them) and are not now."
+    )
+    summary: PreviewSummary
+
+
 _MODELS: tuple[type[BaseModel], ...] = (
     BatchLookupRequest,
     BatchLookupResponse,
@@ -210,6 +326,7 @@ _MODELS: tuple[type[BaseModel], ...] = (
     Explanation,
     IdentifierQuery,
     LookupResult,
+    PreviewResponse,
     ProfileResponse,
     ScreenPopCard,
 )
@@ -263,7 +380,10 @@ _REPORT_PARAMETERS = [
 
 def openapi(version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 description of the lookup API."""
-    _, defs = models_json_schema([(m, "serialization") for m in _MODELS], ref_template="#/components/schemas/{model}")
+    _, defs = models_json_schema(
+        [*((m, "serialization") for m in _MODELS), (TouchEvent, "validation")],  # the preview's request items
+        ref_template="#/components/schemas/{model}",
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -352,6 +472,38 @@ def openapi(version: str) -> dict[str, Any]:
                         "200": _json("Explanation", "The evidence (give profile_id, or kind+value[+other_*])."),
                         "404": _json("ErrorResponse", "No such profile or identifier."),
                         **_ERRORS,
+                        **_STORE_ERRORS,
+                    },
+                }
+            },
+            "/v1/preview": {
+                "post": {
+                    "summary": f"A dry run: what up to {MAX_PREVIEW} touch events would do, writing nothing",
+                    "operationId": "preview",
+                    "description": (
+                        "The events are decoded as the stream decodes them and resolved in order by the worker's "
+                        "engine on the state they would meet now; nothing is written. Invalid events are reported "
+                        "per item (status invalid, with the decoder's error) and the others are still previewed."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": MAX_PREVIEW,
+                                    "items": _ref("TouchEvent"),
+                                    "description": "Touch events in the wire format (touch-event.v1.json).",
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("PreviewResponse", "What each event would do, and a summary; dry_run: true."),
+                        **_ERRORS,
+                        "413": _json("ErrorResponse", "The body is too large (over 1 MiB)."),
+                        "415": _json("ErrorResponse", "The body is not Content-Type: application/json."),
                         **_STORE_ERRORS,
                     },
                 }

@@ -5,6 +5,8 @@
     GET  /v1/profiles/{profile_id}[?view=full|card]     (a retired id answers with its survivor)
     GET  /v1/explain?profile_id=...  or  ?kind=..&value=..[&other_kind=..&other_value=..]
                                                          (the evidence: why one person, or why not)
+    POST /v1/preview  [touch event, ...]                 (up to 1,000: what they would do; a dry run, nothing
+                                                         is written)
     GET  /v1/openapi.json                                (this description, from schemas/api.py)
     GET  /healthz, /readyz (Redis answers), /metrics     (no token: probes and Prometheus; no personal data)
 
@@ -36,8 +38,10 @@ import ipaddress
 import logging
 import socket
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -45,6 +49,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from identity import (
+    ApplyResult,
     ConfigurationError,
     Identifier,
     IdstreamError,
@@ -52,11 +57,15 @@ from identity import (
     Normalizer,
     Rejection,
     ResolutionPolicy,
+    Touch,
     TransientError,
+    UnsupportedEvent,
 )
 from identity.card import screen_pop, summary
 from identity.explain import explain
-from schemas.api import MAX_CANDIDATES, MAX_VALUE, BatchLookupRequest, openapi
+from identity.graph import APPLIED_TYPES, DEFAULT_ERASURE_KEY
+from schemas import InvalidMessage, decode_touch
+from schemas.api import MAX_CANDIDATES, MAX_PREVIEW, MAX_VALUE, BatchLookupRequest, openapi
 from schemas.errors import field_path
 from schemas.export import API_VERSION
 from sinks.warehouse import connect as connect_warehouse
@@ -64,7 +73,7 @@ from sinks.warehouse.report import ReportSettings, parse_day, render
 from streams.observe import LOOKUP_REQUESTS, LOOKUP_SECONDS, metrics_response
 from streams.reader import AsyncReader, Ranked
 from streams.redis_errors import StoreError, async_client, mapped, sync_client
-from streams.redis_store import Found, RedisIdentityStore
+from streams.redis_store import Found, Preview, RedisIdentityStore, Refused
 
 __all__ = ["ApiConfig", "check_exposure", "create_lookup_app"]
 
@@ -90,6 +99,12 @@ class ApiConfig:
     #: Redis connections of the process (each of the async pool and the explanations' sync pool): more
     #: concurrent lookups queue for one instead of failing.
     redis_connections: int = 64
+    #: What the workers are configured with (``IDSTREAM_ERASURE_KEY``, ``IDSTREAM_DEDUP_DAYS``,
+    #: ``IDSTREAM_MAX_FUTURE_SKEW``; None: no limit): a preview must meet erasures, applied event ids and
+    #: future-dated events as the workers do.
+    erasure_key: bytes = DEFAULT_ERASURE_KEY
+    dedup_days: int = 14
+    max_future_skew: float | None = 86_400.0
 
 
 READER: web.AppKey[AsyncReader] = web.AppKey("reader", AsyncReader)
@@ -396,6 +411,163 @@ async def explain_endpoint(request: web.Request) -> web.Response:
     return _json(answer)
 
 
+def _identifier(ident: Identifier) -> dict[str, str]:
+    return {"kind": ident.kind, "value": ident.value}
+
+
+def _decoded(item: Any, now: datetime, skew: timedelta | None) -> Touch | IdstreamError:
+    """One item of a preview decoded as the worker decodes a message (``Processor._decode``): the wire decoder,
+    the applied types, and no event dated past the worker's clock skew; or why it would be a dead letter."""
+    try:
+        touch = decode_touch(orjson.dumps(item)).to_touch()
+        if touch.type not in APPLIED_TYPES:
+            raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version")
+        if skew is not None and touch.occurred_at > now + skew:
+            raise InvalidMessage.single(
+                "occurred_at",
+                "in_future",
+                f"occurred_at {touch.occurred_at.isoformat()} is more than "
+                f"{skew} ahead of the worker's clock (IDSTREAM_MAX_FUTURE_SKEW)",
+            )
+    except InvalidInput as exc:  # InvalidMessage, UnsupportedEvent, and a Touch the core refuses
+        return exc
+    return touch
+
+
+def _error_body(error: dict[str, Any]) -> dict[str, Any]:
+    body = {"code": str(error.get("code", "error")), "message": str(error.get("message", ""))}
+    if "errors" in error:
+        body["errors"] = error["errors"]
+    return body
+
+
+def _event_id_of(item: Any) -> str | None:
+    """The event id of an item that did not decode, when it names a plausible one."""
+    eid = item.get("event_id") if isinstance(item, dict) else None
+    return eid if isinstance(eid, str) and 0 < len(eid) <= 128 else None
+
+
+def _previewed(index: int, result: ApplyResult | Refused) -> dict[str, Any]:
+    if isinstance(result, Refused):
+        return _invalid(index, result.event_id, result.error)
+    return {
+        "index": index,
+        "event_id": result.event_id,
+        "status": result.status,
+        "profile_id": result.profile_id,
+        "changes": [
+            {
+                "kind": c.kind,
+                "profile_id": c.profile_id,
+                "merged_from": list(c.merged_from),
+                "split_from": list(c.split_from),
+                "moved": [_identifier(i) for i in c.moved],
+            }
+            for c in result.changes
+        ],
+        "conflicts": [
+            {
+                "reason": c.reason,
+                "kind": c.kind,
+                "limit": c.limit,
+                "profile_id": c.profile_id,
+                "other_profile_id": c.other_profile_id,
+                "identifier": _identifier(c.identifier),
+            }
+            for c in result.conflicts
+        ],
+        "shared": [_identifier(i) for i in result.shared],
+        "rejected": [r.to_dict() for r in result.rejected],
+        "reused_by": result.reused_by,
+        "error": None,
+    }
+
+
+def _invalid(index: int, event_id: str | None, error: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "index": index,
+        "event_id": event_id,
+        "status": "invalid",
+        "profile_id": None,
+        "changes": [],
+        "conflicts": [],
+        "shared": [],
+        "rejected": [],
+        "reused_by": None,
+        "error": _error_body(error),
+    }
+
+
+def _summary(events: list[dict[str, Any]], contested: int) -> dict[str, Any]:
+    status = [e["status"] for e in events]
+    changes = [c for e in events for c in e["changes"]]
+    shared = {(i["kind"], i["value"]) for e in events for i in e["shared"]}
+    return {
+        "events": len(events),
+        "applied": status.count("applied") + status.count("reordered"),
+        "reordered": status.count("reordered"),
+        "duplicates": status.count("duplicate"),
+        "unresolved": status.count("unresolved"),
+        "invalid": status.count("invalid"),
+        "persons_created": sum(c["kind"] == "created" for c in changes),
+        "persons_merged": sum(len(c["merged_from"]) for c in changes if c["kind"] == "merged"),
+        "splits": sum(c["kind"] == "split" for c in changes),
+        "persons_erased": sum(c["kind"] == "erased" for c in changes),
+        "conflicts": sum(len(e["conflicts"]) for e in events),
+        "newly_shared": len(shared),
+        "newly_contested": contested,
+    }
+
+
+async def preview_endpoint(request: web.Request) -> web.Response:
+    """A dry run: what a batch of touch events would do, resolved by the worker's engine, writing nothing."""
+    config, store = request.app[CONFIG], request.app[STORE]
+    try:
+        body = await request.read()
+    except web.RequestPayloadError:
+        return _error(400, "invalid_body", "the request body could not be read as its headers describe it")
+    if not body.strip():
+        return _error(400, "invalid_request", "the body is empty: expected a JSON array of touch events")
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _error(400, "invalid_json", f"the body is not valid JSON: {str(exc)[:200]}")
+    if not isinstance(items, list):
+        return _error(400, "invalid_request", f"expected a JSON array of touch events, not {_json_type(items)}")
+    if not 1 <= len(items) <= MAX_PREVIEW:
+        return _error(400, "invalid_request", f"give 1 to {MAX_PREVIEW} touch events; the array has {len(items)}")
+    skew = timedelta(seconds=config.max_future_skew) if config.max_future_skew is not None else None
+    now = datetime.now(UTC)
+
+    def previewed() -> tuple[list[Touch | IdstreamError], Preview]:  # decoding and resolving: off the event loop
+        decoded = [_decoded(item, now, skew) for item in items]
+        with mapped("preview"):
+            return decoded, store.preview([t for t in decoded if isinstance(t, Touch)])
+
+    try:
+        decoded, found = await asyncio.get_running_loop().run_in_executor(None, previewed)
+    except IdstreamError:
+        raise  # transient: 503; the store's own: a logged 500 (errors name no identifier)
+    except Exception as exc:  # a bug: logged without its message, which may carry an identifier
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("preview failed: %s (message withheld: it may hold personal data)\n%s", type(exc).__name__, frames)
+        return _error(500, "internal_error", "the server failed to answer; it is logged")
+    results = iter(found.results)
+    events = [
+        _previewed(i, next(results)) if isinstance(d, Touch) else _invalid(i, _event_id_of(items[i]), d.to_dict())
+        for i, d in enumerate(decoded)
+    ]
+    contested = [_identifier(i) for i in found.contested]
+    return _json(
+        {"dry_run": True, "events": events, "contested": contested, "summary": _summary(events, len(contested))}
+    )
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), "null")
+
+
 async def channel_report_endpoint(request: web.Request) -> web.Response:
     """The channel report, computed from the warehouse off the event loop."""
     config, engine = request.app[CONFIG], request.app.get(WAREHOUSE)
@@ -456,7 +628,9 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
         app[READER] = AsyncReader(client, config.policy, config.normalizer, config.prefix)
         # explanations read a whole evidence group in a few round trips: a sync store, off the loop
         sync = sync_client(config.redis_url, timeout=timeout, max_connections=connections)
-        app[STORE] = RedisIdentityStore(sync, config.policy, config.normalizer, config.prefix)
+        app[STORE] = RedisIdentityStore(
+            sync, config.policy, config.normalizer, config.prefix, config.erasure_key, dedup_days=config.dedup_days
+        )
         if config.warehouse_url:
             app[WAREHOUSE] = connect_warehouse(config.warehouse_url)  # connects on first use
 
@@ -476,6 +650,7 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
     app.router.add_post("/v1/lookup/batch", lookup_batch)
     app.router.add_get("/v1/profiles/{profile_id}", profile)
     app.router.add_get("/v1/explain", explain_endpoint)
+    app.router.add_post("/v1/preview", preview_endpoint)
     app.router.add_get("/v1/reports/channels", channel_report_endpoint)
     app.router.add_get("/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", health)

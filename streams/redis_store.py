@@ -55,6 +55,7 @@ from identity import (
     ConfigurationError,
     Identifier,
     IdentityGraph,
+    IdstreamError,
     InvalidInput,
     Match,
     Normalizer,
@@ -76,7 +77,9 @@ __all__ = [
     "MAX_CLAIMS",
     "READ_KEY_NAMES",
     "Found",
+    "Preview",
     "RedisIdentityStore",
+    "Refused",
     "Snapshot",
     "decode_profile",
     "node_of",
@@ -254,6 +257,27 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+#: A touch as the store applies it: with its identifiers normalized (accepted, rejected).
+_Prepared = tuple[Touch, tuple[list[Identifier], list[Rejection]]]
+
+
+class Refused(NamedTuple):
+    """An event the store would not apply (the worker dead-letters it): its error, as a dead letter carries it."""
+
+    event_id: str
+    error: dict[str, Any]
+
+
+class Preview(NamedTuple):
+    """What applying a batch would do (:meth:`RedisIdentityStore.preview`); nothing of it was written."""
+
+    #: per touch, in order: the engine's outcome, or why the store would refuse the event
+    results: list[ApplyResult | Refused]
+    #: identifiers contested after the batch (claimed by another person than their holder, not shared) that
+    #: were not before it; ``ApplyResult.shared`` names the identifiers each event made shared
+    contested: tuple[Identifier, ...]
+
+
 class _Loaded(NamedTuple):
     view: IdentityGraph
     versions: dict[str, str]  # unit id -> version read
@@ -352,16 +376,7 @@ class RedisIdentityStore:
         self._committed = None
         if not touches:
             return []
-        prepared: list[tuple[Touch, tuple[list[Identifier], list[Rejection]]]] = []
-        for touch in touches:
-            if touch.type not in APPLIED_TYPES:
-                raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
-            if touch.key[0] < 0:
-                raise InvalidInput(f"event {touch.event_id!r} occurred before 1970")
-            if _CONTROL.search(touch.event_id):
-                raise InvalidInput(f"event id {touch.event_id!r} contains control characters")
-            accepted, bad = self.normalizer.normalize_many(touch.identifiers)
-            prepared.append((touch, (list(accepted), list(bad))))
+        prepared = [self._prepare(touch) for touch in touches]
         for _ in range(OPTIMISTIC_ATTEMPTS):
             results = self._attempt(prepared, "")
             if results is not None:
@@ -369,6 +384,17 @@ class RedisIdentityStore:
             self.conflicts += 1
             time.sleep(random.uniform(0.0, 0.005))  # noqa: S311 - jitter, not secrecy
         return self._serially(prepared)
+
+    def _prepare(self, touch: Touch) -> _Prepared:
+        """A touch checked as the store takes it, with its identifiers normalized; raises for one it refuses."""
+        if touch.type not in APPLIED_TYPES:
+            raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
+        if touch.key[0] < 0:
+            raise InvalidInput(f"event {touch.event_id!r} occurred before 1970")
+        if _CONTROL.search(touch.event_id):
+            raise InvalidInput(f"event id {touch.event_id!r} contains control characters")
+        accepted, bad = self.normalizer.normalize_many(touch.identifiers)
+        return touch, (list(accepted), list(bad))
 
     def _serially(self, prepared: list[tuple[Touch, tuple[list[Identifier], list[Rejection]]]]) -> list[ApplyResult]:
         """The serial path: hold the lease (other commits wait for it), then load, resolve and commit."""
@@ -595,6 +621,69 @@ class RedisIdentityStore:
 
     def apply(self, touch: Touch) -> ApplyResult:
         return self.apply_batch([touch])[0]
+
+    # ------------------------------------------------------------------ previewing (a dry run: nothing written)
+
+    def preview(self, touches: Sequence[Touch]) -> Preview:
+        """What :meth:`apply_batch` would do with these touches now, writing nothing.
+
+        The same load (``lua/load.lua``, which only reads) and the same engine: the units the batch touches go
+        into a scratch :class:`identity.IdentityGraph`, the touches are applied to it in order, and the graph is
+        discarded; nothing is committed. Event ids applied before answer ``duplicate``. An event the store
+        refuses is a :class:`Refused`, as the worker's one-by-one fallback would dead-letter it, and the
+        others are resolved without it.
+        """
+        results: list[ApplyResult | Refused | None] = [None] * len(touches)
+        prepared: list[tuple[int, _Prepared]] = []
+        for i, touch in enumerate(touches):
+            try:
+                prepared.append((i, self._prepare(touch)))
+            except (InvalidInput, UnsupportedEvent) as exc:
+                results[i] = Refused(touch.event_id, exc.to_dict())
+        loaded: _Loaded | None = None
+        while prepared:
+            loaded = self._read_batch([p for _, p in prepared])
+            failed = self._resolve_preview(loaded.view, prepared, results)
+            if failed is None:
+                break
+            # the worker applies a failing batch event by event and dead-letters the one that fails: resolve
+            # the rest again, on a fresh load, without it
+            prepared = [(i, p) for i, p in prepared if i != failed]
+            loaded = None
+        done = [r for r in results if r is not None]
+        if len(done) != len(touches):  # pragma: no cover - every touch is answered or refused above
+            raise RuntimeError("a previewed touch got no answer")
+        return Preview(done, self._newly_contested(loaded) if loaded is not None else ())
+
+    @staticmethod
+    def _resolve_preview(
+        view: IdentityGraph, prepared: list[tuple[int, _Prepared]], results: list[ApplyResult | Refused | None]
+    ) -> int | None:
+        """Apply the prepared touches to the scratch view; the index of the one the engine failed on, if any."""
+        for i, (touch, normalized) in prepared:
+            try:
+                results[i] = view.apply(touch, normalized)
+            except (TransientError, ConfigurationError):
+                raise
+            except IdstreamError as exc:
+                results[i] = Refused(touch.event_id, exc.to_dict())
+                return i
+            except Exception as exc:  # what the worker's dead letter says of an error that is not idstream's
+                results[i] = Refused(touch.event_id, {"code": "store_error", "message": str(exc)[:500]})
+                return i
+        return None
+
+    def _newly_contested(self, loaded: _Loaded) -> tuple[Identifier, ...]:
+        """Identifiers contested in the view after the batch that were not in the units as loaded (the claims
+        the index would write with flag ``c``)."""
+
+        def contested(graph: IdentityGraph, roots: Sequence[Identifier]) -> set[Identifier]:
+            return {x for root in roots for x, (shared, others) in graph.claims(root).items() if others and not shared}
+
+        before = IdentityGraph(self.policy, self.normalizer, self._erasure_key, aggregate=Stored)
+        roots = [before.load_unit(unit) for unit, _aggs in loaded.units.values()]
+        after = contested(loaded.view, loaded.view.unit_roots()) - contested(before, roots)
+        return tuple(sorted(after, key=lambda i: (i.kind, i.value)))
 
     def apply_many(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         return [self.apply(t) for t in touches]

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from aiohttp.test_utils import TestClient, TestServer
 
 from identity import CrmInfo, IdentityGraph, ResolutionPolicy, Touch, TouchType, Utm
 from identity.touch import AttributeValue
 from streams.embedded import ChildServer, start_broker, start_redis
+from streams.lookup_api import ApiConfig, create_lookup_app
 from streams.redis_store import RedisIdentityStore
 from streams.settings import Settings
 from tests.e2e import Deployment
@@ -61,6 +64,22 @@ def ids(*pairs: Sequence[str]) -> frozenset[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------- real servers
+
+
+def store_url(store: RedisIdentityStore) -> str:
+    """The Redis URL a store's client talks to."""
+    kwargs = store.client.connection_pool.connection_kwargs
+    return f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def serve_api(config: ApiConfig, scenario: Callable[[TestClient[Any, Any]], Awaitable[None]]) -> None:
+    """Run ``scenario`` against the API server built from ``config``, in process."""
+
+    async def main() -> None:
+        async with TestClient(TestServer(create_lookup_app(config))) as client:
+            await scenario(client)
+
+    asyncio.run(main())
 
 
 def _configured_or_started(

@@ -6,7 +6,6 @@ cannot drift from what the server does.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,15 +13,15 @@ from typing import Any
 
 import pytest
 import redis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
 from identity import ConfigurationError, CrmInfo, Normalizer, Rejection, Utm
 from schemas.api import BatchLookupResponse, ErrorResponse, Explanation, LookupResult, ProfileResponse, ScreenPopCard
-from streams.lookup_api import ApiConfig, check_exposure, create_lookup_app
+from streams.lookup_api import ApiConfig, check_exposure
 from streams.redis_store import RedisIdentityStore
 from streams.settings import Settings
-from tests.conftest import touch
+from tests.conftest import serve_api, store_url, touch
 from tests.test_store_contract import story
 
 TOKEN = "s3cret-token-for-tests-0123456789"  # noqa: S105 - a test token
@@ -52,15 +51,7 @@ Scenario = Callable[[TestClient[Any, Any]], Awaitable[None]]
 
 
 def run(store: RedisIdentityStore, scenario: Scenario, tokens: tuple[bytes, ...] = ()) -> None:
-    url = store.client.connection_pool.connection_kwargs
-    redis_url = f"redis://{url.get('host', '127.0.0.1')}:{url.get('port', 6379)}/{url.get('db', 0)}"
-    config = ApiConfig(redis_url, store.policy, store.normalizer, store.prefix, tokens)
-
-    async def main() -> None:
-        async with TestClient(TestServer(create_lookup_app(config))) as client:
-            await scenario(client)
-
-    asyncio.run(main())
+    serve_api(ApiConfig(store_url(store), store.policy, store.normalizer, store.prefix, tokens), scenario)
 
 
 def ivan_id(store: RedisIdentityStore) -> str:
@@ -339,7 +330,8 @@ def test_the_api_normalizes_with_the_stream_s_settings() -> None:
 
 
 def test_explain_answers_why_and_needs_the_token(store: RedisIdentityStore) -> None:
-    """The office phone two CRM contacts share: the path between them, and why it does not join them."""
+    """The office phone two CRM contacts share: the path between them, and why it does not join them (their
+    names differ; the number is a landline)."""
 
     async def scenario(client: TestClient[Any, Any]) -> None:
         assert (await client.get("/v1/explain", params={"profile_id": "x"})).status == 401
@@ -351,9 +343,12 @@ def test_explain_answers_why_and_needs_the_token(store: RedisIdentityStore) -> N
         assert answer.same_person is False
         assert answer.path is not None
         assert [s["event_id"] for s in answer.path] == ["sb1", "sb2"]
-        assert answer.path[0]["linked"] is True  # the office phone is anna's (she showed it first)...
-        assert answer.path[1]["reason"] == "limit_exceeded"  # ...and one CRM contact per person keeps boris out
-        assert answer.path[1]["kind"] == "crm_contact_id"
+        # the office landline was given by Анна and by Борис: different names, so it links neither
+        for step in answer.path:
+            assert step["linked"] is False
+            assert step["reason"] == "shared_identifier"
+            assert step["shared_by"]["rule"] == "names_differ"
+            assert step["shared_by"]["number_type"] == "fixed_line"
         anna = store.lookup_raw("email", "anna@romashka.ru")
         assert anna is not None
         profile = await client.get("/v1/explain", params={"profile_id": anna}, headers=auth)

@@ -207,6 +207,7 @@ def test_the_published_openapi_description_is_valid_openapi() -> None:
         "/v1/lookup/batch",
         "/v1/profiles/{profile_id}",
         "/v1/explain",
+        "/v1/preview",
         "/v1/reports/channels",
         "/healthz",
         "/readyz",
