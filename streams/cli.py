@@ -521,6 +521,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.report_settings(),
         redis_timeout=settings.api_redis_timeout,
         redis_connections=settings.api_redis_connections,
+        erasure_key=settings.erasure_key.get_secret_value().encode(),
+        dedup_days=settings.dedup_days,
+        max_future_skew=settings.max_future_skew or None,
     )
     web.run_app(create_lookup_app(config), host=host, port=port, print=None, access_log=None)
     return 0
@@ -599,33 +602,119 @@ class _Service:
     def match(self, ident: Identifier) -> Any:
         return self.store.match(ident)
 
+    def explain(self, a: Identifier, b: Identifier) -> Any:
+        from identity.explain import explain  # noqa: PLC0415
+
+        return explain(self.store, self.store.policy, a=a, b=b)
+
+
+def _situations(args: argparse.Namespace) -> Any:
+    """The generator's situation shares from ``--situation NAME=SHARE`` and ``--split-share`` (None: invalid, said)."""
+    from streams.generate import Situations  # noqa: PLC0415
+
+    shares = dict(args.situation or ())
+    if args.split_share is not None:
+        shares["call_then_email_form"] = args.split_share
+    try:
+        return Situations().with_shares(**shares)
+    except ValueError as exc:
+        print(f"idstream {args.command}: {exc}", file=sys.stderr)
+        return None
+
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Replay a generated stream (or the Senzing truth set) through idstream and score it against the truth."""
-    from streams.evaluate import StoreResolver, evaluate, senzing_stream  # noqa: PLC0415
+    """Replay generated streams (or the Senzing truth set) through idstream, in several arrival orders, and score
+    them against the truth: overall, per situation, the shared-value and erasure counts, the missed pairs."""
+    from streams.evaluate import (  # noqa: PLC0415
+        StoreResolver,
+        evaluate_orders,
+        render_run,
+        render_summary,
+        senzing_stream,
+    )
     from streams.generate import JUNK_EMAILS  # noqa: PLC0415
 
     settings = Settings()
-    if args.senzing:
-        touches, truth = senzing_stream(Path(args.senzing))
-        name, junk = "senzing-truthsets/demo", []
-        truth_map: dict[str, Any] = dict(truth)
-    else:
-        stream = generate(args.persons, args.seed)
-        touches, truth_map = stream.touches, dict(stream.truth)
-        name, junk = f"generated persons={args.persons} seed={args.seed}", [("email", j) for j in JUNK_EMAILS]
+    seeds = [args.seed] if args.seed is not None else args.seeds
+    runs = 1 if args.senzing else len(seeds)
+    if args.through == "service" and (runs > 1 or args.orders > 1):
+        print(
+            "idstream evaluate: through the service, evaluate one seed in stream order (--seeds S --orders 1): the "
+            "service's graph cannot be reset between runs; --through memory or redis runs them all",
+            file=sys.stderr,
+        )
+        return 2
+    plan = None if args.senzing else _situations(args)
+    if plan is None and not args.senzing:
+        return 2
     if args.through == "memory":
-        resolver: Any = StoreResolver(settings.graph())
+
+        def make_resolver() -> Any:
+            return StoreResolver(settings.graph())
+
     elif args.through == "redis":
         store = _store(settings)
-        store.clear()
-        resolver = StoreResolver(store)
+
+        def make_resolver() -> Any:
+            store.clear()
+            return StoreResolver(store)
+
     else:
-        resolver = _Service(settings, args.timeout)
-    policy = settings.policy()
-    normalizer = Normalizer(settings.normalizer_config())
-    report = evaluate(resolver, touches, truth_map, normalizer=normalizer, policy=policy, erase=args.erase, junk=junk)
-    _dump({"dataset": name, "through": args.through, **report}, sys.stdout)
+        service = _Service(settings, args.timeout)
+
+        def make_resolver() -> Any:
+            return service
+
+    options: dict[str, Any] = {
+        "orders": args.orders,
+        "normalizer": Normalizer(settings.normalizer_config()),
+        "policy": settings.policy(),
+        "erase": args.erase,
+        "examples": args.examples,
+    }
+    started = time.perf_counter()
+    reports: dict[str, Any] = {}
+    if args.senzing:
+        touches, truth = senzing_stream(Path(args.senzing))
+        dataset = "senzing-truthsets/demo"
+        reports["senzing"] = evaluate_orders(make_resolver, touches, dict(truth), **options)
+        if not args.json:
+            print(render_run(f"Senzing truth set, {args.erase} erased", reports["senzing"]) + "\n", flush=True)
+    else:
+        dataset = f"generated persons={args.persons} seeds={','.join(map(str, seeds))}"
+        junk = [("email", j) for j in JUNK_EMAILS]
+        for seed in seeds:
+            stream = generate(args.persons, seed, plan)
+            report = evaluate_orders(
+                make_resolver,
+                stream.touches,
+                dict(stream.truth),
+                shuffle_seed=seed,
+                junk=junk,
+                situations=stream.situations,
+                names=stream.names,
+                **options,
+            )
+            reports[f"seed {seed}"] = report
+            if not args.json:
+                title = f"seed {seed}: {args.persons:,} generated persons, {args.erase} erased after the stream"
+                print(render_run(title, report) + "\n", flush=True)
+    seconds = time.perf_counter() - started
+    if args.json:
+        shares = plan.shares() if plan is not None else None
+        _dump(
+            {
+                "dataset": dataset,
+                "through": args.through,
+                "situations": shares,
+                "seconds": round(seconds, 1),
+                "runs": reports,
+            },
+            sys.stdout,
+        )
+    else:
+        print(render_summary(reports))
+        print(f"{dataset}, through {args.through}, {args.orders} arrival order(s): {seconds:.1f} s")
     return 0
 
 
@@ -907,7 +996,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Write a realistic synthetic touch stream (wire format v1, JSON lines)."""
-    stream = generate(args.persons, args.seed)
+    plan = _situations(args)
+    if plan is None:
+        return 2
+    stream = generate(args.persons, args.seed, plan)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(Path(args.out).open("w", encoding="utf-8")) if args.out else sys.stdout
         for touch in stream.touches:
@@ -917,6 +1009,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         f"{stream.late} CRM events late, {stream.shared_office_phones} office switchboards)",
         file=sys.stderr,
     )
+    lived = Counter(stream.situations.values())
+    print("persons by situation: " + ", ".join(f"{name} {n}" for name, n in sorted(lived.items())), file=sys.stderr)
     return 0
 
 
@@ -1026,6 +1120,52 @@ def _startup_timeout(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are integers separated by commas, not {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
+def _share(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a share is a number from 0 to 1, not {text!r}") from None
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share is a number from 0 to 1, not {text!r}")
+    return share
+
+
+def _situation_share(text: str) -> tuple[str, float]:
+    from streams.generate import SITUATIONS  # noqa: PLC0415
+
+    name, sep, value = text.partition("=")
+    if not sep or name.strip() not in SITUATIONS:
+        raise argparse.ArgumentTypeError(f"give NAME=SHARE with NAME one of {', '.join(SITUATIONS)}; got {text!r}")
+    return name.strip(), _share(value)
+
+
+def _situation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--split-share",
+        type=_share,
+        metavar="SHARE",
+        help="share of the persons who split their contacts across a call and an e-mail-only form "
+        "(call_then_email_form; default 0.1; 0.333 for the target stream)",
+    )
+    parser.add_argument(
+        "--situation",
+        type=_situation_share,
+        action="append",
+        metavar="NAME=SHARE",
+        help="share of the persons living a situation (repeatable; 0 turns it off); see streams/generate.py",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idstream", description="Real-time identity resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1059,6 +1199,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--persons", type=int, default=2000)
     gen.add_argument("--seed", type=int, default=1)
     gen.add_argument("--out", help="file to write; default standard output")
+    _situation_options(gen)
     gen.set_defaults(func=cmd_generate)
 
     worker = sub.add_parser("worker", help="run a Faust worker")
@@ -1110,18 +1251,35 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("value")
     lookup.set_defaults(func=cmd_lookup)
 
-    evaluate = sub.add_parser("evaluate", help="score idstream against the truth of a generated stream or Senzing")
-    evaluate.add_argument("--persons", type=int, default=2000)
-    evaluate.add_argument("--seed", type=int, default=1)
-    evaluate.add_argument("--erase", type=int, default=20, help="persons to erase (then re-send their history)")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score idstream against the truth of generated streams (per situation, in several arrival orders) "
+        "or of the Senzing truth set",
+    )
+    evaluate.add_argument("--persons", type=int, default=3000, help="persons per generated stream (default 3000)")
+    evaluate.add_argument(
+        "--seeds", type=_seeds, default=[1, 2, 3], metavar="S,S,...", help="one stream per seed (default 1,2,3)"
+    )
+    evaluate.add_argument("--seed", type=int, help="a single seed (the same as --seeds S)")
+    evaluate.add_argument(
+        "--orders",
+        type=int,
+        default=3,
+        help="arrival orders per stream: its own, then seeded shuffles of the whole stream (default 3)",
+    )
+    evaluate.add_argument("--erase", type=int, default=20, help="persons to erase after the stream (then re-send "
+                          "their history); erase requests inside the stream are always honoured")  # fmt: skip
+    _situation_options(evaluate)
     evaluate.add_argument("--senzing", metavar="DIR", help="the Senzing truth-sets folder, not a generated stream")
     evaluate.add_argument(
         "--through",
         choices=["service", "redis", "memory"],
-        default="service",
-        help="service (default): produce to the running service's topic and read its Redis; redis: apply to the "
-        "configured Redis directly (clears the graph first); memory: an in-process graph",
+        default="memory",
+        help="memory (default): a fresh in-process graph per run; redis: the configured Redis, cleared before each "
+        "run; service: produce to the running service's topic and read its Redis (one seed, stream order only)",
     )
+    evaluate.add_argument("--examples", type=int, default=3, help="examples of missed pairs per cause (default 3)")
+    evaluate.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     evaluate.add_argument("--timeout", type=float, default=600.0)
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import uuid
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from identity import CrmInfo, Touch, TouchType
+from identity import CrmInfo, Match, Touch, TouchType
 from identity.normalize import Identifier, Normalizer
-from streams.evaluate import PairScores, baseline, largest, pairwise, resolvable, senzing_stream, shared_in_truth
+from streams.evaluate import (
+    MISSED_CAUSES,
+    PairScores,
+    StoreResolver,
+    baseline,
+    evaluate,
+    evaluate_orders,
+    largest,
+    mask,
+    pairwise,
+    pairwise_by_group,
+    pairwise_involving,
+    resolvable,
+    senzing_stream,
+    shared_in_truth,
+    shuffled,
+    stream_erasures,
+    value_counts,
+)
 from streams.generate import generate
 from tests.conftest import touch
 
@@ -232,9 +252,9 @@ def test_senzing_generic_address_spans_many_people(senzing: tuple[list[Touch], d
 
 def _harness(store: object, persons: int = 600) -> dict[str, object]:
     from streams.evaluate import StoreResolver, evaluate
-    from streams.generate import JUNK_EMAILS
+    from streams.generate import JUNK_EMAILS, Situations
 
-    stream = generate(persons, seed=4)
+    stream = generate(persons, seed=4, situations=Situations.none())  # the ordinary persons' stream
     junk = [("email", j) for j in JUNK_EMAILS]
     return evaluate(StoreResolver(store), stream.touches, stream.truth, erase=6, junk=junk)
 
@@ -281,3 +301,360 @@ def test_the_senzing_truth_set_never_glues_the_generic_address(senzing: tuple[li
     assert theirs["precision"] < 0.2  # info@ca-state.gov glues 19 people
     assert ours["shared_resolved_to_one_person"] == 0
     assert ours["erased_found"] == 0
+
+
+# ----------------------------------------------------------------------------- situations, counts, missed pairs
+
+N = Normalizer()
+
+
+def ident(kind: str, raw: str) -> Identifier:
+    found = N.normalize(kind, raw)
+    assert isinstance(found, Identifier)
+    return found
+
+
+def one(pid: str) -> Match:
+    return Match(pid, (pid,))
+
+
+class Answers:
+    """A resolver whose lookups are given by hand (what an engine would answer); it keeps what it was sent."""
+
+    def __init__(self, answers: Mapping[Identifier, Match]) -> None:
+        self.answers = dict(answers)
+        self.sent: list[Touch] = []
+
+    def send(self, touches: Sequence[Touch]) -> None:
+        self.sent.extend(touches)
+
+    def match(self, identifier: Identifier) -> Match | None:
+        return self.answers.get(identifier)
+
+
+class Explaining(Answers):
+    """...and explains every break the same way."""
+
+    def __init__(self, answers: Mapping[Identifier, Match], explanation: dict[str, Any]) -> None:
+        super().__init__(answers)
+        self.explanation = explanation
+        self.asked: list[tuple[Identifier, Identifier]] = []
+
+    def explain(self, a: Identifier, b: Identifier) -> dict[str, Any]:
+        self.asked.append((a, b))
+        return self.explanation
+
+
+DEVICE, ANNA_PHONE, BORIS_PHONE = "GA1.2.111.1", "+7 916 123-45-11", "+7 916 765-43-22"
+IVAN_PHONE, IVAN_EMAIL, IVAN_DEVICE = "+7 903 321-54-33", "ivan.petrov@mail.ru", "GA1.2.333.3"
+
+
+def family_stream() -> tuple[list[Touch], dict[str, str]]:
+    """Anna and Boris fill forms from one family computer; Ivan, an ordinary lead, calls and browses."""
+    touches = [
+        touch("a1", 0, ("ga_client_id", DEVICE), ("phone", ANNA_PHONE), type="form_submit"),
+        touch("a2", 1, ("phone", ANNA_PHONE), type="call"),
+        touch("b1", 2, ("ga_client_id", DEVICE), ("phone", BORIS_PHONE), type="form_submit"),
+        touch("b2", 3, ("phone", BORIS_PHONE), type="call"),
+        touch("i1", 4, ("phone", IVAN_PHONE), ("email", IVAN_EMAIL), type="form_submit", attributes={"name": "Ваня"}),
+        touch("i2", 5, ("phone", IVAN_PHONE), ("ga_client_id", IVAN_DEVICE), type="call"),
+        touch("i3", 6, ("ga_client_id", IVAN_DEVICE)),
+    ]
+    truth = {"a1": "anna", "a2": "anna", "b1": "boris", "b2": "boris", "i1": "ivan", "i2": "ivan", "i3": "ivan"}
+    return touches, truth
+
+
+FAMILY_ANSWERS = {  # the engine glued the family through its computer and split Ivan's phone from his device
+    ident("ga_client_id", DEVICE): one("p1"),
+    ident("phone", ANNA_PHONE): one("p1"),
+    ident("phone", BORIS_PHONE): one("p1"),
+    ident("phone", IVAN_PHONE): one("p2"),
+    ident("email", IVAN_EMAIL): one("p2"),
+    ident("ga_client_id", IVAN_DEVICE): one("p3"),
+}
+SITUATIONS = {"anna": "family_computer", "boris": "family_computer", "ivan": "ordinary"}
+NAMES = {"anna": "Анна Козлова", "boris": "Борис Козлов", "ivan": "Иван Петров"}
+
+
+def test_pairwise_involving_by_hand() -> None:
+    truth, predicted = clusters("ab", "cd", "e"), clusters("abc", "de")
+    # involving c: true cd; predicted ac bc; none correct
+    scores = pairwise_involving(truth, predicted, {"c"})
+    assert (scores.true_pairs, scores.predicted_pairs, scores.correct_pairs) == (1, 2, 0)
+    # involving a or b: true ab; predicted ab ac bc; correct ab
+    scores = pairwise_involving(truth, predicted, {"a", "b"})
+    assert (scores.true_pairs, scores.predicted_pairs, scores.correct_pairs) == (1, 3, 1)
+    assert scores.precision == pytest.approx(1 / 3)
+    assert scores.recall == 1.0
+    assert pairwise_involving(truth, predicted, truth) == pairwise(truth, predicted)
+    assert pairwise_involving(truth, predicted, ()) == PairScores(1.0, 1.0, 1.0, 0, 0, 0)
+
+
+@given(truth=labelings, predicted=labelings, inside=st.sets(st.sampled_from([f"e{i}" for i in range(25)])))
+def test_pairwise_involving_equals_counting_every_pair(
+    truth: dict[str, int], predicted: dict[str, int], inside: set[str]
+) -> None:
+    events = sorted(truth.keys() & predicted.keys())
+    true_pairs = predicted_pairs = correct = 0
+    for a, b in itertools.combinations(events, 2):
+        if a in inside or b in inside:
+            same_truth, same_predicted = truth[a] == truth[b], predicted[a] == predicted[b]
+            true_pairs += same_truth
+            predicted_pairs += same_predicted
+            correct += same_truth and same_predicted
+    scores = pairwise_involving(truth, predicted, inside)
+    assert (scores.true_pairs, scores.predicted_pairs, scores.correct_pairs) == (true_pairs, predicted_pairs, correct)
+    by_group = pairwise_by_group(truth, predicted, lambda e: e in inside)
+    assert by_group.get(True, PairScores(1.0, 1.0, 1.0, 0, 0, 0)) == scores
+
+
+def test_scores_per_situation_on_a_hand_made_stream() -> None:
+    touches, truth = family_stream()
+    resolver = Answers(FAMILY_ANSWERS)
+    report = evaluate(resolver, touches, truth, situations=SITUATIONS, names=NAMES)
+    assert [t.event_id for t in resolver.sent] == [t.event_id for t in touches]
+    ours = report["idstream"]
+    # predicted {a1 a2 b1 b2} {i1 i2} {i3}: 7 pairs, 3 right; 5 true pairs
+    assert (ours["precision"], ours["recall"]) == (round(3 / 7, 4), 0.6)
+    family, ordinary = report["situations"]["family_computer"], report["situations"]["ordinary"]
+    assert (family["persons"], family["events"], ordinary["persons"], ordinary["events"]) == (2, 4, 1, 3)
+    assert family["idstream"] == {"precision": round(1 / 3, 4), "recall": 1.0, "recall_of_resolvable": 1.0}
+    assert family["baseline_union_find"] == {"precision": round(1 / 3, 4), "recall": 1.0, "recall_of_resolvable": 1.0}
+    assert family["resolvable_ceiling"] == {"recall": 1.0}  # each one's phone joins their own two events
+    assert ordinary["idstream"] == {
+        "precision": 1.0,
+        "recall": round(1 / 3, 4),
+        "recall_of_resolvable": round(1 / 3, 4),
+    }
+    assert ordinary["baseline_union_find"] == {"precision": 1.0, "recall": 1.0, "recall_of_resolvable": 1.0}
+    # the family computer: two persons with different names, answered as one person
+    assert ours["values_of_3_or_more_persons"] == 0
+    assert ours["values_of_2_persons_named_apart"] == 1
+    assert ours["values_of_2_persons_named_apart_resolved_to_one"] == 1
+    contested = {**FAMILY_ANSWERS, ident("ga_client_id", DEVICE): Match("p1", ("p1", "p4"))}
+    report = evaluate(Answers(contested), touches, truth, names=NAMES)
+    assert report["idstream"]["values_of_2_persons_named_apart_resolved_to_one"] == 0
+    report = evaluate(Answers(FAMILY_ANSWERS), touches, truth, names={**NAMES, "boris": "Анна Козлова"})
+    assert report["idstream"]["values_of_2_persons_named_apart"] == 0  # same name: maybe one person after all
+    assert evaluate(Answers(FAMILY_ANSWERS), touches, truth)["idstream"]["values_of_2_persons_named_apart"] is None
+
+
+def test_value_counts_by_hand() -> None:
+    v = [Identifier("phone", f"+7495000000{n}") for n in range(5)]
+    owners = {v[0]: {1, 2, 3}, v[1]: {1, 2, 3, 4}, v[2]: {1, 2}, v[3]: {3, 5}, v[4]: {1}}
+    names = {1: "Анна Козлова", 2: "Борис Козлов", 3: "Иван Петров", 4: "Олег Попов", 5: "Иван Петров"}
+    answers = Answers(
+        {
+            v[0]: one("p"),  # three persons, one answer: counted
+            v[1]: Match("p", ("p", "q"), shared=True),  # found shared: fine
+            v[2]: one("p"),  # two differently named persons as one: counted
+            v[3]: one("p"),  # two persons of one name: not counted
+            v[4]: one("p"),
+        }
+    )
+    assert value_counts(answers, owners, names) == {
+        "values_of_3_or_more_persons": 2,
+        "values_of_3_or_more_persons_resolved_to_one": 1,
+        "values_of_2_persons_named_apart": 1,
+        "values_of_2_persons_named_apart_resolved_to_one": 1,
+    }
+    assert value_counts(answers, owners)["values_of_2_persons_named_apart"] is None
+
+
+OLGA_PHONE, OLGA_EMAIL, SWITCHBOARD = "+7 916 404-14-44", "olga@mail.ru", "+7 495 111-22-33"
+
+
+def erasure_stream() -> tuple[list[Touch], dict[str, str]]:
+    """Olga asks for erasure; one of her older visits arrives after the request. Her colleagues call from the
+    switchboard she called from too."""
+    touches = [
+        touch("o1", 0, ("phone", OLGA_PHONE), ("email", OLGA_EMAIL), ("ga_client_id", "GA1.2.1.1"), type="form_submit"),
+        touch("o2", 1, ("ga_client_id", "GA1.2.2.2")),  # a device seen on nothing else: never known to be hers
+        touch("o4", 2, ("phone", SWITCHBOARD), ("ga_client_id", "GA1.2.1.1"), type="call"),
+        touch("x1", 3, ("phone", SWITCHBOARD), ("ga_client_id", "GA1.2.7.7"), type="call"),
+        touch("y1", 4, ("phone", SWITCHBOARD), ("ga_client_id", "GA1.2.8.8"), type="call"),
+        touch("erase", 10, ("phone", OLGA_PHONE), type="erase_request", source="privacy"),
+        touch("o3", 0.5, ("ga_client_id", "GA1.2.1.1"), ("ym_client_id", "1700000000000000001")),  # late
+    ]
+    truth = {"o1": "olga", "o2": "olga", "o3": "olga", "o4": "olga", "x1": "xenia", "y1": "yuri"}
+    return touches, truth
+
+
+def test_stream_erasures_name_what_must_go() -> None:
+    touches, truth = erasure_stream()
+    assert stream_erasures(touches, truth, N) == {
+        "olga": {
+            ident("phone", OLGA_PHONE),
+            ident("email", OLGA_EMAIL),  # on the form with the named phone
+            ident("ga_client_id", "GA1.2.1.1"),
+            ident("ym_client_id", "1700000000000000001"),  # on a (late) visit with her device
+        }  # not the switchboard (colleagues use it), not the device seen only on its own visit
+    }
+
+
+def test_erased_identifiers_still_found_are_counted_and_the_erased_leave_the_scores() -> None:
+    touches, truth = erasure_stream()
+    answers = {  # the late visit brought her Metrica id back as a new person
+        ident("ym_client_id", "1700000000000000001"): one("p9"),
+        ident("ga_client_id", "GA1.2.2.2"): one("p8"),
+        ident("phone", SWITCHBOARD): Match("s", ("x", "y"), shared=True),
+        ident("ga_client_id", "GA1.2.7.7"): one("x"),
+        ident("ga_client_id", "GA1.2.8.8"): one("y"),
+    }
+    report = evaluate(Answers(answers), touches, truth, situations={"olga": "erased_then_late"})
+    ours = report["idstream"]
+    assert (ours["erased_in_stream_persons"], ours["erased_in_stream_identifiers"]) == (1, 4)
+    assert ours["erased_in_stream_found"] == 1
+    assert (report["persons"], report["events"]) == (2, 2)  # Xenia and Yuri
+    assert report["situations"]["erased_then_late"] == {"persons": 0, "events": 0, "erased_persons": 1}
+    gone = {i: m for i, m in answers.items() if i.kind != "ym_client_id"}
+    assert evaluate(Answers(gone), touches, truth)["idstream"]["erased_in_stream_found"] == 0
+
+
+def test_missed_pairs_by_cause_by_hand() -> None:
+    touches, truth = family_stream()
+    missed = evaluate(Answers(FAMILY_ANSWERS), touches, truth, missed=True)["missed_resolvable_pairs"]
+    # Ivan's {i1 i2} and {i3}: two pairs; his phone and his device answer different persons, unexplained
+    assert missed["pairs"] == 2
+    assert missed["by_cause"] == {"other": 2}
+    (example,) = missed["examples"]["other"]
+    assert example == {
+        "events": ["i2", "i3"],
+        "pairs": 2,
+        "link": ["phone:+7903*****33", "ga_client_id:333.3"],  # masked (a value this short shows)
+        "detail": "different_persons",
+        "names": [["Ваня"], []],  # what the two parts' events were signed with
+    }
+    limit: dict[str, Any] = {"linked": False, "reason": "limit_exceeded", "kind": "crm_contact_id"}
+    shared = {"linked": False, "reason": "shared_identifier", "shared_by": {"rule": "persons"}}
+    names = {"linked": False, "reason": "shared_identifier", "shared_by": {"rule": "names_differ"}}
+    explanations: list[tuple[dict[str, Any], str]] = [
+        ({"path": [{"linked": True}, limit]}, "kind_limit"),
+        ({"path": [shared]}, "shared_value"),
+        ({"path": [names]}, "different_names"),
+        ({"path": [{"linked": False, "reason": "unlinked"}]}, "manual_unlink"),
+        ({"path": None, "reason": "no_evidence"}, "other"),
+    ]
+    for explanation, cause in explanations:
+        resolver = Explaining(FAMILY_ANSWERS, explanation)
+        missed = evaluate(resolver, touches, truth, missed=True)["missed_resolvable_pairs"]
+        assert missed["by_cause"] == {cause: 2}
+        assert resolver.asked == [(ident("phone", IVAN_PHONE), ident("ga_client_id", IVAN_DEVICE))]
+    erased = {i: m for i, m in FAMILY_ANSWERS.items() if i.kind != "ga_client_id" or i.value != "333.3"}
+    missed = evaluate(Answers(erased), touches, truth, missed=True)["missed_resolvable_pairs"]
+    assert missed["by_cause"] == {"erased_or_rejected": 2}  # i3's only identifier is held by nobody
+
+
+def test_a_missed_pair_is_explained_by_the_real_engine() -> None:
+    """Two CRM contacts of one client with one phone: the engine refuses a second CRM id (a per-kind limit)."""
+    from identity import IdentityGraph
+
+    touches = [
+        touch("c1", 0, ("crm_contact_id", "CUST-1"), ("phone", ANNA_PHONE), type="crm_stage", crm=CrmInfo("d1", "new")),
+        touch("c2", 1, ("crm_contact_id", "CUST-2"), ("phone", ANNA_PHONE), type="crm_stage", crm=CrmInfo("d2", "new")),
+    ]
+    report = evaluate(StoreResolver(IdentityGraph()), touches, {"c1": "anna", "c2": "anna"}, missed=True)
+    missed = report["missed_resolvable_pairs"]
+    assert missed["by_cause"] == {"kind_limit": 1}
+    (example,) = missed["examples"]["kind_limit"]
+    assert example["events"] == ["c1", "c2"]
+    assert "CUST-2" not in " ".join(example["link"])  # masked
+
+
+def test_mask_hides_values() -> None:
+    assert mask(Identifier("phone", "+79161234567")) == "phone:+7916*****67"
+    assert mask(Identifier("email", "ivan.petrov@mail.ru")) == "email:iv***@mail.ru"
+    assert mask(Identifier("crm_contact_id", "amocrm:100123")) == "crm_contact_id:amocrm:100*23"
+    assert "123456789" not in mask(Identifier("ga_client_id", "123456789.1700000000"))
+
+
+def test_evaluate_orders_replays_the_stream_and_shuffles_of_it() -> None:
+    from identity import IdentityGraph
+
+    stream = generate(150, seed=2)
+    resolvers: list[StoreResolver] = []
+
+    def fresh() -> StoreResolver:
+        resolvers.append(StoreResolver(IdentityGraph()))
+        return resolvers[-1]
+
+    report = evaluate_orders(
+        fresh, stream.touches, stream.truth, orders=3, erase=2, situations=stream.situations, names=stream.names
+    )
+    assert [run["order"] for run in report["orders"]] == ["stream", "shuffle 1", "shuffle 2"]
+    assert len(resolvers) == 3  # a fresh engine for each order
+    assert report["idstream"]["erased_in_stream_persons"] == len(stream.erasures) > 0
+    assert report["idstream"]["erased_in_stream_identifiers"] > 0
+    assert set(report["situations"]) == set(stream.situations.values())
+    assert report["missed_resolvable_pairs"]["pairs"] == sum(report["missed_resolvable_pairs"]["by_cause"].values())
+    assert shuffled(stream.touches, 7) == shuffled(stream.touches, 7) != stream.touches
+    assert sorted(t.event_id for t in shuffled(stream.touches, 7)) == sorted(t.event_id for t in stream.touches)
+
+
+def test_senzing_missed_pairs_each_have_a_cause(senzing: tuple[list[Touch], dict[str, str]]) -> None:
+    from identity import IdentityGraph
+
+    touches, truth = senzing
+    report = evaluate(StoreResolver(IdentityGraph()), touches, truth, erase=2, missed=True, examples=50)
+    missed = report["missed_resolvable_pairs"]
+    assert missed["pairs"] > 0  # the truth set's duplicate customer records
+    assert set(missed["by_cause"]) <= set(MISSED_CAUSES)
+    assert missed["pairs"] == sum(missed["by_cause"].values())
+    assert set(missed["examples"]) == set(missed["by_cause"])  # every cause shown
+    for cause, shown in missed["examples"].items():
+        assert sum(e["pairs"] for e in shown) <= missed["by_cause"][cause]  # one example per person and cause
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_the_evaluate_command_reports_per_seed_and_order_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.cli import main
+
+    assert main(["evaluate", "--persons", "120", "--seeds", "1,2", "--orders", "2", "--erase", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["through"] == "memory"
+    assert set(report["runs"]) == {"seed 1", "seed 2"}
+    assert report["situations"]["call_then_email_form"] == 0.1
+    for run in report["runs"].values():
+        assert [o["order"] for o in run["orders"]] == ["stream", "shuffle 1"]
+        assert "family_computer" in run["situations"]
+        assert run["idstream"]["values_of_2_persons_named_apart"] is not None
+        assert "missed_resolvable_pairs" in run
+
+
+def test_the_evaluate_command_prints_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.cli import main
+
+    assert main(["evaluate", "--persons", "120", "--seed", "3", "--orders", "2", "--split-share", "0.34"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 3: 120 generated persons" in out
+    for text in ("call_then_email_form", "arrival order", "shuffle 1", "missed resolvable pairs", "(c) in-stream"):
+        assert text in out
+    assert main(["evaluate", "--through", "service", "--seeds", "1,2"]) == 2
+    assert "one seed in stream order" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--situation", "everyone=0.5"])
+    assert main(["evaluate", "--persons", "50", "--situation", "family_computer=0.95", "--split-share", "0.5"]) == 2
+    assert "add up to more than 1" in capsys.readouterr().err
+
+
+def test_evaluate_orders_through_redis_clears_the_store_for_each_order(redis_client: redis.Redis) -> None:
+    from streams.redis_store import RedisIdentityStore
+
+    store = RedisIdentityStore(redis_client, prefix=f"eval-{uuid.uuid4().hex[:10]}")
+    stream = generate(120, seed=6)
+
+    def fresh() -> StoreResolver:
+        store.clear()
+        return StoreResolver(store)
+
+    try:
+        report = evaluate_orders(fresh, stream.touches, stream.truth, orders=2, situations=stream.situations)
+    finally:
+        store.clear()
+    first, second = report["orders"]
+    assert (first["order"], second["order"]) == ("stream", "shuffle 1")
+    assert first["precision"] == report["idstream"]["precision"]
+    assert report["idstream"]["erased_in_stream_identifiers"] > 0
+    assert set(report["missed_resolvable_pairs"]["by_cause"]) <= set(MISSED_CAUSES)
