@@ -80,6 +80,8 @@ def _touch_view(touch: Touch) -> dict[str, Any]:
     }
     if touch.utm is not None:
         out["utm"] = touch.utm.to_dict()
+    if touch.call is not None:
+        out["call"] = touch.call.to_dict()
     for name in _INTEREST_ATTRIBUTES:
         value = touch.attributes.get(name)
         if isinstance(value, str):

@@ -18,9 +18,11 @@ from typing import Final
 from identity.errors import InvalidInput
 
 __all__ = [
+    "CALL_STATUSES",
     "KEY_TIME_DIGITS",
     "LINKING_TYPES",
     "AttributeValue",
+    "CallInfo",
     "CrmInfo",
     "Touch",
     "TouchType",
@@ -78,6 +80,25 @@ class CrmInfo:
     amount: float | None = None
 
 
+#: What happened to a call: answered by someone, not answered (the caller waited and hung up), or busy.
+CALL_STATUSES: Final = ("answered", "missed", "busy")
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """A call's outcome, as call tracking reports it."""
+
+    status: str | None = None  # one of CALL_STATUSES
+    wait_s: float | None = None  # seconds the caller waited for an answer
+    talk_s: float | None = None  # seconds of conversation
+    tracking_number: str | None = None  # the number the caller dialled (it names the channel)
+    operator: str | None = None  # who answered
+
+    def to_dict(self) -> dict[str, str | float]:
+        fields = ("status", "wait_s", "talk_s", "tracking_number", "operator")
+        return {k: v for k in fields if (v := getattr(self, k)) is not None}
+
+
 def event_key(occurred_at: datetime, event_id: str) -> tuple[int, str]:
     """The total order of events: time (UTC microseconds), then event id."""
     return ((occurred_at - _EPOCH) // _MICROSECOND, event_id)
@@ -107,6 +128,7 @@ class Touch:
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     utm: Utm | None = None
     crm: CrmInfo | None = None
+    call: CallInfo | None = None
 
     def __post_init__(self) -> None:
         moment = self.occurred_at
@@ -120,7 +142,7 @@ class Touch:
         """16 hex digits digesting all the event says but its id: a redelivery has the same fingerprint, another
         event under a reused id (two producers numbering events alike) almost surely not."""
         crm = self.crm
-        content = [
+        content: list[object] = [
             self.type.value,
             self.key[0],
             self.source,
@@ -129,6 +151,8 @@ class Touch:
             self.utm.to_dict() if self.utm else None,
             [crm.deal_id, crm.stage, crm.previous_stage, crm.pipeline, crm.amount] if crm else None,
         ]
+        if self.call is not None:  # only then: fingerprints of events without call details stay as they were
+            content.append(self.call.to_dict())
         text = json.dumps(content, separators=(",", ":"), default=str)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 

@@ -31,12 +31,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from identity.normalize import MAX_RAW_LENGTH
-from identity.touch import AttributeValue, CrmInfo, Touch, TouchType, Utm
+from identity.touch import CALL_STATUSES, AttributeValue, CallInfo, CrmInfo, Touch, TouchType, Utm
 from schemas.errors import decode
 
 __all__ = [
     "MAX_IDENTIFIERS",
     "MAX_MESSAGE_BYTES",
+    "CallIn",
     "CrmIn",
     "IdentifierIn",
     "TouchEvent",
@@ -148,6 +149,23 @@ class CrmIn(_Open):
     amount: Annotated[FiniteFloat, Strict()] | None = None  # a number, not "5"
 
 
+class CallIn(_Open):
+    """What call tracking says of a call: answered or missed, how long the caller waited and talked, the number
+    dialled (it names the channel) and who answered."""
+
+    status: Literal[CALL_STATUSES] | None = Field(  # type: ignore[valid-type]
+        None, description="answered, missed (nobody answered) or busy"
+    )
+    wait_s: Annotated[FiniteFloat, Strict(), Field(ge=0, le=86_400)] | None = Field(
+        None, description="Seconds the caller waited for an answer."
+    )
+    talk_s: Annotated[FiniteFloat, Strict(), Field(ge=0, le=86_400)] | None = Field(
+        None, description="Seconds of conversation."
+    )
+    tracking_number: ShortText | None = Field(None, description="The number the caller dialled, as captured.")
+    operator: ShortText | None = Field(None, description="Who answered (a name or an id of the call center's).")
+
+
 class TouchEvent(_Open):
     """One touch: a site visit, a call, a form, a CRM stage change, or a manual correction."""
 
@@ -184,6 +202,7 @@ class TouchEvent(_Open):
     attributes: dict[AttributeName, Attribute] = Field(default_factory=dict, max_length=100)
     utm: UtmIn | None = None
     crm: CrmIn | None = Field(default=None, validate_default=True, description="Required for crm_stage.")
+    call: CallIn | None = Field(default=None, description="A call's outcome; only on type call.")
 
     @field_validator("identifiers")
     @classmethod
@@ -206,6 +225,13 @@ class TouchEvent(_Open):
             raise ValueError("crm (deal_id, stage) is required for type crm_stage")
         return value
 
+    @field_validator("call")
+    @classmethod
+    def _call_for_calls(cls, value: CallIn | None, info: ValidationInfo) -> CallIn | None:
+        if value is not None and info.data.get("type") is not TouchType.CALL:
+            raise ValueError("call details are for type call only")
+        return value
+
     def to_touch(self) -> Touch:
         """The core's view of this event."""
         attributes: dict[str, AttributeValue] = dict(self.attributes)
@@ -220,6 +246,7 @@ class TouchEvent(_Open):
             attributes=attributes,
             utm=Utm(utm.source, utm.medium, utm.campaign, utm.content, utm.term) if utm else None,
             crm=CrmInfo(crm.deal_id, crm.stage, crm.previous_stage, crm.pipeline, crm.amount) if crm else None,
+            call=_call(self.call),
         )
 
     @classmethod
@@ -240,7 +267,15 @@ class TouchEvent(_Open):
             c = touch.crm
             data["crm"] = {"deal_id": c.deal_id, "stage": c.stage, "previous_stage": c.previous_stage,
                            "pipeline": c.pipeline, "amount": c.amount}  # fmt: skip
+        if touch.call is not None:
+            data["call"] = touch.call.to_dict()
         return cls.model_validate(data)
+
+
+def _call(call: CallIn | None) -> CallInfo | None:
+    if call is None:
+        return None
+    return CallInfo(call.status, call.wait_s, call.talk_s, call.tracking_number, call.operator)
 
 
 def decode_touch(raw: bytes | str) -> TouchEvent:

@@ -93,6 +93,10 @@ def test_unknown_fields_are_kept_at_every_level() -> None:
         ({"type": "crm_stage", "crm": {"deal_id": "d1"}}, ("crm.stage", "missing")),
         ({"type": "identity_link"}, ("identifiers", "value_error")),
         ({"schema_version": 2}, ("schema_version", "literal_error")),
+        ({"call": {"status": "lost"}}, ("call.status", "literal_error")),
+        ({"call": {"wait_s": -1}}, ("call.wait_s", "greater_than_equal")),
+        ({"call": {"talk_s": "5"}}, ("call.talk_s", "float_type")),
+        ({"type": "site_visit", "call": {"status": "missed"}}, ("call", "value_error")),
     ],
 )
 def test_bad_fields_are_named(change: dict[str, Any], expected: tuple[str, str]) -> None:
@@ -197,6 +201,18 @@ def test_from_touch_round_trips() -> None:
     assert TouchEvent.from_touch(event.to_touch()).to_touch() == event.to_touch()
 
 
+def test_call_details_reach_the_core_and_leave_old_fingerprints_alone() -> None:
+    details = {"status": "missed", "wait_s": 41, "talk_s": 0, "tracking_number": "+7 495 123-45-67", "operator": "7"}
+    touch = decode_touch(encode({**GOOD, "call": details})).to_touch()
+    assert touch.call is not None
+    assert (touch.call.status, touch.call.wait_s, touch.call.tracking_number) == ("missed", 41.0, "+7 495 123-45-67")
+    assert TouchEvent.from_touch(touch).to_touch() == touch
+    plain = decode_touch(encode(GOOD)).to_touch()
+    assert plain.fingerprint != touch.fingerprint
+    # as computed before call details existed: applied-id records in Redis keep matching redeliveries
+    assert plain.fingerprint == "ff27967e202a2882"
+
+
 def test_the_published_openapi_description_is_valid_openapi() -> None:
     from openapi_spec_validator import validate
 
@@ -208,6 +224,8 @@ def test_the_published_openapi_description_is_valid_openapi() -> None:
         "/v1/profiles/{profile_id}",
         "/v1/explain",
         "/v1/preview",
+        "/v1/touches",
+        "/v1/hooks/{source}/{secret}",
         "/v1/reports/channels",
         "/healthz",
         "/readyz",
