@@ -316,6 +316,43 @@ class PreviewResponse(_Model):
     summary: PreviewSummary
 
 
+MAX_INGEST = 1000
+
+
+class IngestItem(_Model):
+    """What became of one event of ``POST /v1/touches``."""
+
+    index: int = Field(description="Its position in the request (0-based; in JSON lines, among the lines).")
+    event_id: str | None
+    status: Literal["accepted", "duplicate", "invalid", "not_delivered"] = Field(
+        description="accepted: on the touch topic, acknowledged by the broker; duplicate: this id was applied "
+        "already or came earlier in the request (nothing sent); invalid: refused, see error (the decoder's "
+        "field errors); not_delivered: the broker did not acknowledge it (send the batch again)."
+    )
+    error: dict[str, Any] | None = None
+
+
+class IngestResponse(_Model):
+    """The answer of ``POST /v1/touches`` (202, or 503 when the broker did not take everything)."""
+
+    accepted: int
+    duplicate: int
+    invalid: int
+    not_delivered: int
+    items: list[IngestItem]
+    status: Literal["error"] | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class HookResponse(_Model):
+    """A webhook receiver's answer: the events it produced (none for a vendor's connection test)."""
+
+    status: Literal["ok"]
+    events: int
+    event_ids: list[str] = Field(default_factory=list)
+
+
 _MODELS: tuple[type[BaseModel], ...] = (
     BatchLookupRequest,
     BatchLookupResponse,
@@ -324,7 +361,9 @@ _MODELS: tuple[type[BaseModel], ...] = (
     ChannelRow,
     ErrorResponse,
     Explanation,
+    HookResponse,
     IdentifierQuery,
+    IngestResponse,
     LookupResult,
     PreviewResponse,
     ProfileResponse,
@@ -505,6 +544,73 @@ def openapi(version: str) -> dict[str, Any]:
                         "413": _json("ErrorResponse", "The body is too large (over 1 MiB)."),
                         "415": _json("ErrorResponse", "The body is not Content-Type: application/json."),
                         **_STORE_ERRORS,
+                    },
+                }
+            },
+            "/v1/touches": {
+                "post": {
+                    "summary": f"Touch events in: up to {MAX_INGEST}, produced and acknowledged by the broker",
+                    "operationId": "ingest",
+                    "description": (
+                        "Needs an ingest token (IDSTREAM_INGEST_TOKENS): a lookup token cannot write, an ingest token "
+                        "cannot read. A JSON array (or one object), or JSON lines (application/x-ndjson). Each event "
+                        "is decoded as the stream decodes it; valid ones not applied before are produced to the "
+                        "touch topic of their type and the answer comes once the broker acknowledged them. Idempotent "
+                        "by event_id: sending a batch again is safe."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": MAX_INGEST,
+                                    "items": _ref("TouchEvent"),
+                                }
+                            },
+                            "application/x-ndjson": {"schema": {"type": "string", "description": "JSON lines."}},
+                        },
+                    },
+                    "responses": {
+                        "202": _json("IngestResponse", "What became of each event."),
+                        **_ERRORS,
+                        "403": _json("ErrorResponse", "writing_disabled: the server has no ingest tokens."),
+                        "413": _json("ErrorResponse", "The body is too large (over 8 MiB)."),
+                        "415": _json("ErrorResponse", "The body is not JSON or JSON lines."),
+                        "503": _json(
+                            "IngestResponse",
+                            "broker_unavailable: the broker did not acknowledge every event (Retry-After); the items "
+                            "say which were not delivered. Also ingest_unavailable: no broker configured.",
+                        ),
+                    },
+                }
+            },
+            "/v1/hooks/{source}/{secret}": {
+                "post": {
+                    "summary": "A vendor's webhook (tilda, calltouch, comagic, form), as the vendor sends it",
+                    "operationId": "hook",
+                    "security": [],
+                    "description": (
+                        "Authenticated by the source's secret in the path (IDSTREAM_HOOK_SECRETS); a wrong secret "
+                        "answers 404 and lands nothing. Form fields, JSON or (GET) query parameters, as the vendor "
+                        "sends them; see the README's Integrations. A payload that cannot be mapped answers 400 "
+                        "and goes to the dead-letter topic with its raw body."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "source",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "enum": ["tilda", "calltouch", "comagic", "form"]},
+                        },
+                        {"name": "secret", "in": "path", "required": True, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json("HookResponse", "The events produced and acknowledged."),
+                        "400": _json("ErrorResponse", "unmappable_payload: the reason; the raw body is dead-lettered."),
+                        "404": _json("ErrorResponse", "No such source, or a wrong secret."),
+                        "503": _json("ErrorResponse", "broker_unavailable: send it again later (Retry-After)."),
                     },
                 }
             },

@@ -494,6 +494,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka_or_none(settings: Settings) -> str | None:
+    """The broker the API writes to: configured, or the running `up`'s; None leaves the API read-only."""
+    try:
+        return servers(settings).kafka
+    except IdstreamError:
+        return settings.kafka_bootstrap_servers
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the lookup API (bearer tokens from IDSTREAM_API_TOKENS; without them, loopback only)."""
     import logging  # noqa: PLC0415
@@ -524,6 +532,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         erasure_key=settings.erasure_key.get_secret_value().encode(),
         dedup_days=settings.dedup_days,
         max_future_skew=settings.max_future_skew or None,
+        kafka=_kafka_or_none(settings),
+        touch_topics=tuple(settings.touch_topics),
+        dlq_topic=settings.dlq_topic,
+        ingest_tokens=settings.ingest_token_bytes(),
+        hook_secrets=settings.hook_secret_bytes(),
+        hook_forms=settings.hook_forms,
+        hook_timezone=settings.hook_timezone,
     )
     web.run_app(create_lookup_app(config), host=host, port=port, print=None, access_log=None)
     return 0

@@ -39,7 +39,7 @@ import logging
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -79,7 +79,7 @@ __all__ = ["ApiConfig", "check_exposure", "create_lookup_app"]
 
 log = logging.getLogger("idstream.api")
 
-#: Largest request body: a full batch of long values fits with room to spare.
+#: Largest request body: a full batch of long values fits with room to spare (touch events: see ingest_api).
 MAX_BODY = 1 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,6 +105,25 @@ class ApiConfig:
     erasure_key: bytes = DEFAULT_ERASURE_KEY
     dedup_days: int = 14
     max_future_skew: float | None = 86_400.0
+    #: Writing (``/v1/touches``, ``/v1/hooks``): the broker (None: they answer 503), the topics, the ingest tokens
+    #: (``IDSTREAM_INGEST_TOKENS``), each webhook source's secret and the generic forms' field mappings.
+    kafka: str | None = None
+    touch_topics: tuple[str, ...] = ("touches.site", "touches.calls", "touches.forms", "touches.crm")
+    dlq_topic: str = "touches.dlq"
+    ingest_tokens: tuple[bytes, ...] = ()
+    hook_secrets: Mapping[str, bytes] = field(default_factory=dict)
+    hook_forms: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: Seconds the broker may take to acknowledge a batch before the API answers 503.
+    produce_timeout: float = 10.0
+    #: The zone of vendors' local times (a call tracker's "2026-11-02 10:15:00"): ``IDSTREAM_HOOK_TIMEZONE``.
+    hook_timezone: str = "Europe/Moscow"
+
+    def hook_options(self, source: str) -> dict[str, Any]:
+        """The operator's configuration a webhook connector is given."""
+        options: dict[str, Any] = {"timezone": self.hook_timezone}
+        if source == "form":
+            options["forms"] = self.hook_forms
+        return options
 
 
 READER: web.AppKey[AsyncReader] = web.AppKey("reader", AsyncReader)
@@ -180,17 +199,40 @@ async def _timed(request: web.Request, handler: Handler) -> web.StreamResponse:
             LOOKUP_REQUESTS.labels(endpoint, str(status)).inc()
 
 
+def _scope(path: str) -> str:
+    """``open`` (probes, metrics), ``hook`` (a webhook: its secret is in its path), ``write`` or ``read``."""
+    if path in OPEN_PATHS:
+        return "open"
+    if path.startswith("/v1/hooks/"):
+        return "hook"
+    if path == "/v1/touches":
+        return "write"
+    return "read"
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    tokens = request.app[CONFIG].tokens
-    if not tokens or request.path in OPEN_PATHS:
+    """Reading takes a lookup token, writing an ingest token: neither opens the other's endpoints. Without any
+    lookup token the API is open on loopback, writing included unless ingest tokens are set."""
+    config = request.app[CONFIG]
+    scope = _scope(request.path)
+    if scope in ("open", "hook"):
+        return await handler(request)
+    if scope == "write":
+        tokens = config.ingest_tokens
+        if not tokens and config.tokens:
+            return _error(403, "writing_disabled", "writing touch events needs IDSTREAM_INGEST_TOKENS on the server")
+    else:
+        tokens = config.tokens
+    if not tokens:
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     offered = given.strip().encode("utf-8", "surrogateescape")  # header bytes that are not UTF-8, as sent
     # compare with every token, always: the time taken says nothing about which one nearly matched
     matched = [hmac.compare_digest(offered, token) for token in tokens]
     if scheme.lower() != "bearer" or not any(matched):
-        response = _error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
+        kind = "an ingest" if scope == "write" else "a lookup"
+        response = _error(401, "unauthorized", f"{kind} token is required: 'Authorization: Bearer <token>'")
         response.headers["WWW-Authenticate"] = 'Bearer realm="idstream"'
         return response
     return await handler(request)
@@ -238,21 +280,27 @@ async def _addressed_to_loopback(request: web.Request, handler: Handler) -> web.
 
 #: Methods whose body a handler reads.
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+#: Bodies ``/v1/touches`` takes: a JSON array, or JSON lines.
+_WRITE_TYPES = ("application/json", "application/x-ndjson", "application/jsonl", "application/json-seq")
 
 
 @web.middleware
 async def _json_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A body must say it is JSON: a web page can send text/plain (or no type) cross-origin without asking,
     never application/json."""
+    scope = _scope(request.path)
+    allowed = _WRITE_TYPES if scope == "write" else ("application/json",)
     if (
         request.method in _WITH_BODY
+        and scope != "hook"  # a vendor's webhook comes as it comes (form fields, often); its secret guards it
         and request.body_exists  # an empty POST is answered by its handler (a 400 that says what is missing)
         and request.match_info.http_exception is None  # no such route or method: its own 404 or 405
-        and request.content_type != "application/json"  # aiohttp lowercases it, without parameters
+        and request.content_type not in allowed  # aiohttp lowercases it, without parameters
     ):
         given = request.headers.get("Content-Type", "")
         shown = repr(given[:64]) if given else "none"
-        return _error(415, "unsupported_media_type", f"the body must be Content-Type: application/json, not {shown}")
+        wanted = " or ".join(allowed)
+        return _error(415, "unsupported_media_type", f"the body must be Content-Type: {wanted}, not {shown}")
     return await handler(request)
 
 
@@ -656,6 +704,10 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics)
+    from streams.broker import Producer  # noqa: PLC0415 - the ingest routes import this module's helpers
+    from streams.ingest_api import add_ingest_routes  # noqa: PLC0415
+
+    add_ingest_routes(app, Producer(config.kafka, config.produce_timeout) if config.kafka else None)
     return app
 
 

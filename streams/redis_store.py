@@ -816,6 +816,17 @@ class RedisIdentityStore:
     def profiles(self) -> Iterator[dict[str, Any]]:
         yield from sorted(self._records(), key=lambda p: str(p["profile_id"]))
 
+    def applied_among(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids the workers applied within the dedup window (the ingest API's duplicates)."""
+        keys = self._seen_keys()
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, list(event_ids))
+        found: set[str] = set()
+        for held in pipe.execute():
+            found.update(eid for eid, value in zip(event_ids, held, strict=True) if value is not None)
+        return found
+
     def applied_events(self) -> int:
         """Event ids applied within the retention (``dedup_days``)."""
         return sum(int(self.client.hlen(key)) for key in self._seen_keys())

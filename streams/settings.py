@@ -178,6 +178,26 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Bearer tokens of the lookup API (JSON list, 16+ characters each); none: loopback only, open.",
     )
+    ingest_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens that may write touch events through POST /v1/touches (JSON list, 16+ "
+        "characters each), separate from the lookup tokens: a lookup token cannot write, an ingest token cannot "
+        "read. None: writing is open only when the whole API is (no lookup tokens, loopback).",
+    )
+    hook_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Per-source secrets of the webhook receivers, /v1/hooks/{source}/{secret} (JSON object "
+        'source -> secret of 16+ characters, e.g. {"tilda": "..."}); a source without one is not served.',
+    )
+    hook_forms: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Generic form receivers: form name -> {field: identifier kind or attribute} (JSON), e.g. "
+        '{"landing": {"tel": "phone", "mail": "email", "fio": "name"}}; served at /v1/hooks/form/{secret}'
+        "?form=landing with the secret of source 'form'.",
+    )
+    hook_timezone: str = Field(
+        "Europe/Moscow", description="IANA zone of the local times webhooks carry (a call tracker's calltime)."
+    )
     api_host: str = Field("127.0.0.1", description="Address the lookup API listens on.")
     api_port: int = Field(8080, ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", description="Address of a worker's /metrics, /healthz and /readyz.")
@@ -240,13 +260,21 @@ class Settings(BaseSettings):
         description="Where `idstream up` leaves the addresses of the runtime it started.",
     )
 
-    @field_validator("api_tokens")
+    @field_validator("api_tokens", "ingest_tokens")
     @classmethod
     def _strong_tokens(cls, tokens: list[SecretStr]) -> list[SecretStr]:
         for i, token in enumerate(tokens):
             if len(token.get_secret_value()) < 16:
                 raise ValueError(f"token #{i + 1} is shorter than 16 characters")
         return tokens
+
+    @field_validator("hook_secrets")
+    @classmethod
+    def _strong_hook_secrets(cls, secrets: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for source, secret in secrets.items():
+            if len(secret.get_secret_value()) < 16:
+                raise ValueError(f"the secret of hook source {source!r} is shorter than 16 characters")
+        return secrets
 
     @field_validator("crm_systems", "messenger_platforms", mode="before")
     @classmethod
@@ -281,7 +309,8 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret a log line must never show: tokens, keys, webhook secrets, server passwords."""
-        found = [t.get_secret_value() for t in self.api_tokens]
+        found = [t.get_secret_value() for t in [*self.api_tokens, *self.ingest_tokens]]
+        found.extend(s.get_secret_value() for s in self.hook_secrets.values())
         found.append(self.erasure_key.get_secret_value())
         found.extend(w.secret.get_secret_value() for w in self.webhooks)
         for url in (self.redis_url, self.warehouse_url, self.kafka_bootstrap_servers):
@@ -292,6 +321,12 @@ class Settings(BaseSettings):
 
     def token_bytes(self) -> tuple[bytes, ...]:
         return tuple(t.get_secret_value().encode() for t in self.api_tokens)
+
+    def ingest_token_bytes(self) -> tuple[bytes, ...]:
+        return tuple(t.get_secret_value().encode() for t in self.ingest_tokens)
+
+    def hook_secret_bytes(self) -> dict[str, bytes]:
+        return {source: s.get_secret_value().encode() for source, s in self.hook_secrets.items()}
 
     def normalizer_config(self) -> NormalizerConfig:
         defaults = JunkPolicy()

@@ -151,3 +151,17 @@ def test_the_device_bound_and_number_type_weights_come_from_the_environment(monk
     monkeypatch.setenv("IDSTREAM_NUMBER_TYPE_WEIGHTS", '{"fixed_line": -1}')
     with pytest.raises(ConfigurationError, match="fixed_line"):
         Settings().policy()
+
+
+def test_ingest_tokens_and_hook_secrets_are_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_environment(monkeypatch)
+    monkeypatch.setenv("IDSTREAM_INGEST_TOKENS", '["ingest-token-0123456789"]')
+    monkeypatch.setenv("IDSTREAM_HOOK_SECRETS", '{"tilda": "tilda-secret-0123456789"}')
+    settings = Settings()
+    assert settings.ingest_token_bytes() == (b"ingest-token-0123456789",)
+    assert settings.hook_secret_bytes() == {"tilda": b"tilda-secret-0123456789"}
+    assert {"ingest-token-0123456789", "tilda-secret-0123456789"} <= set(settings.secret_values())  # scrubbed
+    assert "0123456789" not in repr(settings)
+    monkeypatch.setenv("IDSTREAM_HOOK_SECRETS", '{"tilda": "short"}')
+    with pytest.raises(ValidationError, match="tilda"):
+        Settings()

@@ -1,0 +1,260 @@
+"""Data in over HTTP, against the real broker and Redis: POST /v1/touches and the webhook receivers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from schemas.outputs import DeadLetter
+from streams.embedded import free_port
+from streams.lookup_api import ApiConfig
+from tests.conftest import serve_api, touch
+from tests.e2e import Deployment, wait_for
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hooks"
+READ_TOKEN = "lookup-token-0123456789abcdef"  # noqa: S105 - test tokens
+WRITE_TOKEN = "ingest-token-0123456789abcdef"  # noqa: S105
+HOOK_SECRET = "hook-secret-0123456789abcdef"  # noqa: S105
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+WRITE = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+
+
+@pytest.fixture
+def deployment(kafka: str, redis_url: str, tmp_path: Path) -> Deployment:
+    return Deployment(kafka, redis_url, tmp_path, partitions=1)
+
+
+def config(d: Deployment, **changes: Any) -> ApiConfig:
+    s = d.settings
+    base: dict[str, Any] = {
+        "prefix": s.redis_prefix,
+        "tokens": (READ_TOKEN.encode(),),
+        "kafka": d.kafka,
+        "touch_topics": tuple(s.touch_topics),
+        "dlq_topic": s.dlq_topic,
+        "ingest_tokens": (WRITE_TOKEN.encode(),),
+        "hook_secrets": {name: HOOK_SECRET.encode() for name in ("tilda", "calltouch", "comagic", "form")},
+        "hook_forms": {"landing": {"tel": "phone", "mail": "email", "fio": "name", "city": "attribute:city"}},
+    }
+    base.update(changes)
+    return ApiConfig(d.redis_url, s.policy(), s.graph().normalizer, **base)
+
+
+def event(eid: str, phone: str = "8 916 070 93 65", **extra: Any) -> dict[str, Any]:
+    return {"event_id": eid, "type": "call", "occurred_at": "2026-11-02T10:15:00+03:00", "source": "calltouch",
+            "identifiers": [{"kind": "phone", "value": phone}], **extra}  # fmt: skip
+
+
+def landed(d: Deployment, topic: str | None = None) -> list[dict[str, Any]]:
+    return [json.loads(v) for _, v in d.read(topic or d.topic) if v is not None]
+
+
+def test_an_ingest_token_writes_and_a_lookup_token_does_not(deployment: Deployment) -> None:
+    body = [event("e1", call={"status": "missed", "wait_s": 41}), event("e2", phone="12"), event("e1"),
+            {"event_id": "bad", "type": "call"}]  # fmt: skip
+
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        refused = await client.post("/v1/touches", json=body, headers=READ)
+        assert refused.status == 401  # a lookup token cannot write
+        assert (await client.get("/v1/lookup", params={"kind": "phone", "value": "1"}, headers=WRITE)).status == 401
+        answer = await client.post("/v1/touches", json=body, headers=WRITE)
+        assert answer.status == 202
+        result = await answer.json()
+        statuses = [(i["event_id"], i["status"]) for i in result["items"]]
+        # an unusable phone is the worker's to refuse (the event still lands); a repeated id is a duplicate;
+        # an event missing required fields is refused with the decoder's field errors
+        assert statuses == [("e1", "accepted"), ("e2", "accepted"), ("e1", "duplicate"), ("bad", "invalid")]
+        fields = {e["field"] for e in result["items"][3]["error"]["errors"]}
+        assert {"occurred_at", "source", "identifiers"} <= fields
+        assert (result["accepted"], result["duplicate"], result["invalid"]) == (2, 1, 1)
+
+    serve_api(config(deployment), scenario)
+    events = landed(deployment)
+    assert [e["event_id"] for e in events] == ["e1", "e2"]
+    assert events[0]["call"] == {"status": "missed", "wait_s": 41}
+
+
+def test_json_lines_are_taken_and_a_bad_line_is_named(deployment: Deployment) -> None:
+    lines = b"\n".join([json.dumps(event("l1")).encode(), b"{not json", json.dumps(event("l2")).encode()])
+
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        headers = {**WRITE, "Content-Type": "application/x-ndjson"}
+        answer = await client.post("/v1/touches", data=lines, headers=headers)
+        assert answer.status == 202
+        items = (await answer.json())["items"]
+        assert [i["status"] for i in items] == ["accepted", "invalid", "accepted"]
+        assert "line 2" in items[1]["error"]["message"]
+        too_many = await client.post("/v1/touches", json=[event(f"x{i}") for i in range(1001)], headers=WRITE)
+        assert too_many.status == 400
+
+    serve_api(config(deployment), scenario)
+    assert [e["event_id"] for e in landed(deployment)] == ["l1", "l2"]
+
+
+def test_events_the_workers_applied_are_duplicates(deployment: Deployment) -> None:
+    deployment.store().apply_batch([touch("done-1", 0, ("phone", "8 916 070 93 65"), type="call")])
+
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        answer = await client.post("/v1/touches", json=[event("done-1"), event("new-1")], headers=WRITE)
+        assert [i["status"] for i in (await answer.json())["items"]] == ["duplicate", "accepted"]
+
+    serve_api(config(deployment), scenario)
+    assert [e["event_id"] for e in landed(deployment)] == ["new-1"]
+
+
+def test_an_unreachable_broker_is_a_503_that_names_what_was_not_delivered(deployment: Deployment) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        answer = await client.post("/v1/touches", json=[event("u1"), {"event_id": "u2"}], headers=WRITE)
+        assert answer.status == 503
+        assert answer.headers["Retry-After"]
+        body = await answer.json()
+        assert body["code"] == "broker_unavailable"
+        assert [i["status"] for i in body["items"]] == ["not_delivered", "invalid"]
+        # lookups still answer while the broker is away (nobody is known here: a 404 from Redis)
+        found = await client.get("/v1/lookup", params={"kind": "phone", "value": "89160709365"}, headers=READ)
+        assert found.status == 404
+
+    serve_api(config(deployment, kafka=f"127.0.0.1:{free_port()}", produce_timeout=2.0), scenario)
+
+
+def test_writing_needs_ingest_tokens_when_the_api_has_tokens(deployment: Deployment) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        answer = await client.post("/v1/touches", json=[event("w1")], headers=READ)
+        assert answer.status == 403
+        assert "IDSTREAM_INGEST_TOKENS" in (await answer.json())["message"]
+
+    serve_api(config(deployment, ingest_tokens=()), scenario)
+    assert landed(deployment) == []
+
+
+# ----------------------------------------------------------------------------- webhooks
+
+
+def hook(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes().strip()
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_a_wrong_secret_or_source_is_not_found_and_lands_nothing(deployment: Deployment) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        for path in ("/v1/hooks/tilda/wrong-secret-0123456789", f"/v1/hooks/nosuch/{HOOK_SECRET}",
+                     "/v1/hooks/tilda/", f"/v1/hooks/amocrm/{HOOK_SECRET}"):  # fmt: skip
+            answer = await client.post(path, data=hook("tilda-form.txt"), headers=FORM)
+            assert answer.status == 404, path
+
+    serve_api(config(deployment), scenario)
+    assert landed(deployment) == []
+    assert landed(deployment, deployment.settings.dlq_topic) == []
+
+
+def test_tilda_form_webhook_becomes_a_form_with_its_browser_and_utm(deployment: Deployment) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        ping = await client.post(f"/v1/hooks/tilda/{HOOK_SECRET}", data=hook("tilda-test.txt"), headers=FORM)
+        assert (ping.status, (await ping.json())["events"]) == (200, 0)
+        for _ in range(2):  # Tilda retries: the same submission is the same event
+            answer = await client.post(f"/v1/hooks/tilda/{HOOK_SECRET}", data=hook("tilda-form.txt"), headers=FORM)
+            assert answer.status == 200
+
+    serve_api(config(deployment), scenario)
+    events = landed(deployment)
+    assert len({e["event_id"] for e in events}) == 1
+    form = events[0]
+    assert (form["type"], form["source"], form["event_id"]) == ("form_submit", "tilda", "tilda-4582931:7721904415")
+    assert {(i["kind"], i["value"]) for i in form["identifiers"]} == {
+        ("phone", "+7 (916) 070-93-65"),
+        ("email", "anna.smirnova@yandex.ru"),
+        ("ga_client_id", "GA1.1.1207731466.1718023302"),
+        ("ym_client_id", "1718023302884211532"),
+    }
+    assert form["utm"] == {"source": "yandex", "medium": "cpc", "campaign": "brand_msk"}
+    assert form["attributes"]["name"] == "Анна Смирнова"
+    assert form["attributes"]["Comments"].startswith("Хочу консультацию")
+
+
+def test_calltouch_and_comagic_calls_carry_their_outcome(deployment: Deployment) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        query = hook("calltouch-call.query").decode()
+        answer = await client.get(f"/v1/hooks/calltouch/{HOOK_SECRET}?{query}")
+        assert answer.status == 200
+        comagic = await client.post(f"/v1/hooks/comagic/{HOOK_SECRET}", data=hook("comagic-call-end.json"),
+                                    headers={"Content-Type": "application/json"})  # fmt: skip
+        assert comagic.status == 200
+
+    serve_api(config(deployment), scenario)
+    calltouch, comagic = sorted(landed(deployment), key=lambda e: e["source"])
+    assert calltouch["event_id"] == "calltouch-648201337"
+    assert calltouch["occurred_at"] == "2024-06-10T14:32:05+03:00"  # the account's zone: Moscow
+    assert calltouch["call"] == {"status": "missed", "talk_s": 0.0, "wait_s": 41.0, "tracking_number": "74951234567"}
+    assert {i["kind"] for i in calltouch["identifiers"]} == {"phone", "ga_client_id", "ym_client_id"}
+    assert calltouch["utm"]["campaign"] == "brand_msk"
+    assert comagic["call"] == {"status": "answered", "wait_s": 19.0, "talk_s": 184.0,
+                               "tracking_number": "74951234568", "operator": "Мария Петрова"}  # fmt: skip
+    assert comagic["event_id"] == "comagic-2716633190"
+
+
+def test_a_generic_form_maps_the_fields_the_operator_configured(deployment: Deployment) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        body = {"tel": "8 916 070-93-65", "mail": "Anna@Yandex.ru", "fio": "Анна", "city": "Тверь",
+                "utm_source": "vk", "event_id": "lead-77"}  # fmt: skip
+        answer = await client.post(f"/v1/hooks/form/{HOOK_SECRET}?form=landing", json=body)
+        assert answer.status == 200
+        unknown = await client.post(f"/v1/hooks/form/{HOOK_SECRET}?form=other", json=body)
+        assert unknown.status == 400
+        assert "other" in (await unknown.json())["message"]
+
+    serve_api(config(deployment), scenario)
+    (form,) = landed(deployment)
+    assert {(i["kind"], i["value"]) for i in form["identifiers"]} == {("phone", "8 916 070-93-65"),
+                                                                      ("email", "Anna@Yandex.ru")}  # fmt: skip
+    assert form["attributes"] == {"form": "landing", "name": "Анна", "city": "Тверь"}
+    assert form["utm"] == {"source": "vk"}
+    (letter,) = [DeadLetter.model_validate_json(v) for _, v in deployment.read(deployment.settings.dlq_topic) if v]
+    assert letter.topic == "http:/v1/hooks/form"
+    assert letter.error["source"] == "form"
+    assert letter.value_utf8 is not None
+    assert "8 916 070-93-65" in letter.value_utf8  # the raw body, kept
+
+
+def test_a_payload_without_an_identifier_is_a_400_and_a_dead_letter(deployment: Deployment) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        answer = await client.post(f"/v1/hooks/tilda/{HOOK_SECRET}", data=b"Name=Ivan&formid=form1", headers=FORM)
+        assert answer.status == 400
+        assert "phone" in (await answer.json())["message"]
+
+    serve_api(config(deployment), scenario)
+    assert landed(deployment) == []
+    (letter,) = landed(deployment, deployment.settings.dlq_topic)
+    assert letter["value_utf8"] == "Name=Ivan&formid=form1"
+
+
+def test_a_tilda_form_and_a_call_from_the_same_visit_are_one_person(deployment: Deployment) -> None:
+    """Recorded payloads of one client, through the receivers and a real worker: one person, with the call's
+    outcome on the profile."""
+    worker = deployment.start_worker()
+    try:
+
+        async def scenario(client: TestClient[Any, Any]) -> None:
+            form = await client.post(f"/v1/hooks/tilda/{HOOK_SECRET}", data=hook("tilda-form.txt"), headers=FORM)
+            call = await client.get(f"/v1/hooks/calltouch/{HOOK_SECRET}?{hook('calltouch-call.query').decode()}")
+            assert (form.status, call.status) == (200, 200)
+
+        serve_api(config(deployment), scenario)
+        store = deployment.store()
+        wait_for(lambda: store.applied_events() == 2, 60, "the worker to apply both events")
+        person = store.lookup_raw("email", "anna.smirnova@yandex.ru")
+        assert person is not None
+        assert store.lookup_raw("phone", "+7 916 070-93-65") == person
+        assert store.lookup_raw("ym_client_id", "1718023302884211532") == person
+        profile = store.profile(person)
+        assert profile is not None
+        calls = [t for t in profile["recent_touches"] if t["type"] == "call"]
+        assert calls[0]["call"]["status"] == "missed"
+    finally:
+        assert worker.poll() is None
+        deployment.stop()
