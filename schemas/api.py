@@ -588,7 +588,7 @@ def openapi(version: str) -> dict[str, Any]:
             },
             "/v1/hooks/{source}/{secret}": {
                 "post": {
-                    "summary": "A vendor's webhook (tilda, calltouch, comagic, form), as the vendor sends it",
+                    "summary": "A vendor's webhook (tilda, calltouch, comagic, amocrm, form), as the vendor sends it",
                     "operationId": "hook",
                     "security": [],
                     "description": (
@@ -602,7 +602,7 @@ def openapi(version: str) -> dict[str, Any]:
                             "name": "source",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string", "enum": ["tilda", "calltouch", "comagic", "form"]},
+                            "schema": {"type": "string", "enum": ["tilda", "calltouch", "comagic", "amocrm", "form"]},
                         },
                         {"name": "secret", "in": "path", "required": True, "schema": {"type": "string"}},
                     ],

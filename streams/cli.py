@@ -539,6 +539,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         hook_secrets=settings.hook_secret_bytes(),
         hook_forms=settings.hook_forms,
         hook_timezone=settings.hook_timezone,
+        amocrm_url=settings.amocrm_url,
+        amocrm_token=settings.amocrm_token.get_secret_value() if settings.amocrm_token else None,
     )
     web.run_app(create_lookup_app(config), host=host, port=port, print=None, access_log=None)
     return 0

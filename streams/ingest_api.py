@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from identity import IdstreamError, Touch
+from identity import IdstreamError, Touch, TransientError
 from schemas.api import MAX_INGEST
 from schemas.outputs import DeadLetter
 from streams.broker import Producer
@@ -247,7 +248,13 @@ async def hook_endpoint(request: web.Request) -> web.Response:
         options=config.hook_options(source),
     )
     try:
-        mapped_events = connector(hook)
+        produced = connector(hook)
+        mapped_events = await produced if inspect.isawaitable(produced) else produced
+    except TransientError as exc:  # the vendor's API, read for details, is away: the vendor sends it again
+        log.warning("hook %s: %s", source, exc.code)
+        response = _error(503, exc.code, exc.message)
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
     except MappingError as exc:
         error = {**exc.to_dict(), "source": source}
         kept = await _dead_letter(request, source, error, raw + _query_note(request))

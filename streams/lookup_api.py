@@ -117,12 +117,19 @@ class ApiConfig:
     produce_timeout: float = 10.0
     #: The zone of vendors' local times (a call tracker's "2026-11-02 10:15:00"): ``IDSTREAM_HOOK_TIMEZONE``.
     hook_timezone: str = "Europe/Moscow"
+    #: The amoCRM account whose deal webhooks are read for their contacts (``IDSTREAM_AMOCRM_URL``, ``_TOKEN``).
+    amocrm_url: str | None = None
+    amocrm_token: str | None = field(default=None, repr=False)
 
     def hook_options(self, source: str) -> dict[str, Any]:
         """The operator's configuration a webhook connector is given."""
         options: dict[str, Any] = {"timezone": self.hook_timezone}
         if source == "form":
             options["forms"] = self.hook_forms
+        if source == "amocrm" and self.amocrm_url and self.amocrm_token:
+            from streams.connectors.amocrm import AmoClient  # noqa: PLC0415 - connectors import this module
+
+            options["amocrm"] = AmoClient(self.amocrm_url, self.amocrm_token)
         return options
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -233,28 +236,147 @@ def test_a_payload_without_an_identifier_is_a_400_and_a_dead_letter(deployment: 
     assert letter["value_utf8"] == "Name=Ivan&formid=form1"
 
 
-def test_a_tilda_form_and_a_call_from_the_same_visit_are_one_person(deployment: Deployment) -> None:
-    """Recorded payloads of one client, through the receivers and a real worker: one person, with the call's
-    outcome on the profile."""
+AMO_TOKEN = "amo-long-lived-token-0123456789"  # noqa: S105
+
+
+class FakeAmo:
+    """amoCRM's API v4 on loopback, answering from recorded responses; it records what it was asked."""
+
+    def __init__(self, up: bool = True) -> None:
+        self.asked: list[tuple[str, str]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake.asked.append((self.path, self.headers.get("Authorization", "")))
+                path = self.path.partition("?")[0]
+                name = {"/api/v4/leads/35144366": "amocrm-api-lead-35144366.json",
+                        "/api/v4/contacts/43684612": "amocrm-api-contact-43684612.json"}.get(path)  # fmt: skip
+                if not up:
+                    self.send_response(502)
+                    self.end_headers()
+                    return
+                if self.headers.get("Authorization") != f"Bearer {AMO_TOKEN}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                if name is None:
+                    self.send_response(204)
+                    self.end_headers()
+                    return
+                body = (FIXTURES / name).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/hal+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def amo() -> Iterator[FakeAmo]:
+    fake = FakeAmo()
+    yield fake
+    fake.close()
+
+
+def with_amo(d: Deployment, amo: FakeAmo, **changes: Any) -> ApiConfig:
+    secrets = {name: HOOK_SECRET.encode() for name in ("tilda", "calltouch", "amocrm")}
+    return config(d, hook_secrets=secrets, amocrm_url=amo.url, amocrm_token=AMO_TOKEN, **changes)
+
+
+def test_an_amocrm_deal_webhook_reads_the_deals_contact(deployment: Deployment, amo: FakeAmo) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        answer = await client.post(f"/v1/hooks/amocrm/{HOOK_SECRET}", data=hook("amocrm-lead-status.txt"),
+                                   headers=FORM)  # fmt: skip
+        assert answer.status == 200
+        contact = await client.post(f"/v1/hooks/amocrm/{HOOK_SECRET}", data=hook("amocrm-contact-add.txt"),
+                                    headers=FORM)  # fmt: skip
+        assert (contact.status, (await contact.json())["events"]) == (200, 0)
+
+    serve_api(with_amo(deployment, amo), scenario)
+    (deal,) = landed(deployment)
+    assert (deal["type"], deal["source"]) == ("crm_stage", "amocrm")
+    assert deal["crm"] == {"deal_id": "amocrm:35144366", "stage": "142", "previous_stage": "20067736",
+                           "pipeline": "9217056", "amount": 12500000.0}  # fmt: skip
+    assert {(i["kind"], i["value"]) for i in deal["identifiers"]} == {
+        ("crm_contact_id", "amocrm:43684612"),
+        ("phone", "+79160709365"),
+        ("email", "Anna.Smirnova@yandex.ru"),
+    }
+    assert deal["occurred_at"] == "2024-06-11T13:20:00+00:00"
+    assert [path.partition("?")[0] for path, _ in amo.asked] == ["/api/v4/leads/35144366", "/api/v4/contacts/43684612"]
+    assert all(auth == f"Bearer {AMO_TOKEN}" for _, auth in amo.asked)
+
+
+def test_an_amocrm_api_that_is_away_is_a_503_and_no_dead_letter(deployment: Deployment) -> None:
+    down = FakeAmo(up=False)
+    try:
+
+        async def scenario(client: TestClient[Any, Any]) -> None:
+            answer = await client.post(f"/v1/hooks/amocrm/{HOOK_SECRET}", data=hook("amocrm-lead-status.txt"),
+                                       headers=FORM)  # fmt: skip
+            assert answer.status == 503
+            assert (await answer.json())["code"] == "crm_api_unavailable"
+
+        serve_api(with_amo(deployment, down), scenario)
+    finally:
+        down.close()
+    assert landed(deployment) == []
+    assert landed(deployment, deployment.settings.dlq_topic) == []
+
+
+def test_without_amocrm_credentials_a_deal_webhook_is_kept_as_a_dead_letter(deployment: Deployment) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        answer = await client.post(f"/v1/hooks/amocrm/{HOOK_SECRET}", data=hook("amocrm-lead-status.txt"),
+                                   headers=FORM)  # fmt: skip
+        assert answer.status == 400
+        assert "IDSTREAM_AMOCRM_TOKEN" in (await answer.json())["message"]
+
+    serve_api(config(deployment, hook_secrets={"amocrm": HOOK_SECRET.encode()}), scenario)
+    (letter,) = landed(deployment, deployment.settings.dlq_topic)
+    assert "leads%5Bstatus%5D%5B0%5D%5Bid%5D=35144366" in letter["value_utf8"]  # replayable once configured
+
+
+def test_a_tilda_form_a_call_and_an_amocrm_deal_of_one_client_are_one_person(
+    deployment: Deployment, amo: FakeAmo
+) -> None:
+    """Recorded payloads of one client, through the receivers and a real worker: one person holding the form,
+    the call (with its outcome) and the deal."""
     worker = deployment.start_worker()
     try:
 
         async def scenario(client: TestClient[Any, Any]) -> None:
             form = await client.post(f"/v1/hooks/tilda/{HOOK_SECRET}", data=hook("tilda-form.txt"), headers=FORM)
             call = await client.get(f"/v1/hooks/calltouch/{HOOK_SECRET}?{hook('calltouch-call.query').decode()}")
-            assert (form.status, call.status) == (200, 200)
+            deal = await client.post(f"/v1/hooks/amocrm/{HOOK_SECRET}", data=hook("amocrm-lead-status.txt"),
+                                     headers=FORM)  # fmt: skip
+            assert (form.status, call.status, deal.status) == (200, 200, 200)
 
-        serve_api(config(deployment), scenario)
+        serve_api(with_amo(deployment, amo), scenario)
         store = deployment.store()
-        wait_for(lambda: store.applied_events() == 2, 60, "the worker to apply both events")
+        wait_for(lambda: store.applied_events() == 3, 60, "the worker to apply the three events")
         person = store.lookup_raw("email", "anna.smirnova@yandex.ru")
         assert person is not None
         assert store.lookup_raw("phone", "+7 916 070-93-65") == person
         assert store.lookup_raw("ym_client_id", "1718023302884211532") == person
         profile = store.profile(person)
         assert profile is not None
+        assert store.lookup_raw("crm_contact_id", "amocrm:43684612") == person
         calls = [t for t in profile["recent_touches"] if t["type"] == "call"]
         assert calls[0]["call"]["status"] == "missed"
+        assert profile["touch_counts"] == {"call": 1, "crm_stage": 1, "form_submit": 1}
+        assert list(profile["deals"]) == ["amocrm:35144366"]
     finally:
         assert worker.poll() is None
         deployment.stop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,7 @@ from identity import InvalidInput
 
 __all__ = [
     "CONNECTORS",
+    "Connector",
     "HookRequest",
     "MappingError",
     "client_ids_from_cookies",
@@ -145,11 +146,22 @@ def wire_event(
     return event
 
 
-def _registry() -> dict[str, Callable[[HookRequest], list[dict[str, Any]] | None]]:
-    from streams.connectors import calltouch, comagic, form, tilda  # noqa: PLC0415
+Mapped = list[dict[str, Any]] | None
+#: A connector: the events of one webhook call (None: a vendor's test), at once or after reading the vendor's API.
+Connector = Callable[[HookRequest], Mapped | Awaitable[Mapped]]
 
-    return {"tilda": tilda.touches, "calltouch": calltouch.touches, "comagic": comagic.touches, "form": form.touches}
+
+def _registry() -> dict[str, Connector]:
+    from streams.connectors import amocrm, calltouch, comagic, form, tilda  # noqa: PLC0415
+
+    return {
+        "tilda": tilda.touches,
+        "calltouch": calltouch.touches,
+        "comagic": comagic.touches,
+        "form": form.touches,
+        "amocrm": amocrm.touches,
+    }
 
 
 #: source name (the path's ``{source}``) -> connector
-CONNECTORS: Mapping[str, Callable[[HookRequest], list[dict[str, Any]] | None]] = _registry()
+CONNECTORS: Mapping[str, Connector] = _registry()
