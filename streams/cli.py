@@ -494,6 +494,58 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_connect_metrica(args: argparse.Namespace) -> int:
+    """Pull the Metrica counter's visits (Logs API) into site_visit events, resuming from the checkpoint."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+    from streams.ingest_api import topic_for  # noqa: PLC0415
+    from streams.pullers.metrica import DEFAULT_FIELDS, Checkpoint, LogsApi, period, pull  # noqa: PLC0415
+
+    settings = Settings()
+    _logging(settings)
+    counter = args.counter or settings.metrica_counter
+    if not counter or settings.metrica_token is None:
+        print("idstream connect metrica: set IDSTREAM_METRICA_TOKEN and the counter (--counter or "
+              "IDSTREAM_METRICA_COUNTER)", file=sys.stderr)  # fmt: skip
+        return 2
+    checkpoint = Path(args.checkpoint or settings.state_file.parent / f"metrica-{counter}.json")
+    fields = [f.strip() for f in args.fields.split(",")] if args.fields else list(DEFAULT_FIELDS)
+    try:
+        held = Checkpoint.load(checkpoint)
+        date1, date2 = period(held, args.date_from, args.date_to, datetime.now(UTC).date())
+        found = servers(settings)
+    except IdstreamError as exc:
+        print(f"idstream connect metrica: {exc.message}", file=sys.stderr)
+        return 2
+    topic = topic_for("site_visit", settings.touch_topics)
+    api = LogsApi(settings.metrica_url, settings.metrica_token.get_secret_value(), counter, retries=args.retries)
+    producer = _producer(found.kafka, args.delivery_timeout)
+
+    def deliver(part: int, events: list[dict[str, Any]]) -> None:
+        values = [json.dumps(e, ensure_ascii=False).encode() for e in events]
+        report = _deliver(producer, ((topic, n, v) for n, v in enumerate(values, 1)), args.delivery_timeout)
+        if report.undelivered:
+            raise TransientError(f"part {part}: {report.failure('visit', topic)}")
+
+    def progress(text: str) -> None:
+        sys.stderr.write(f"\r{text}\033[K")
+        sys.stderr.flush()
+
+    try:
+        done = pull(api, checkpoint, counter, date1=date1, date2=date2, fields=fields, deliver=deliver,
+                    zone=ZoneInfo(settings.metrica_timezone), poll=args.poll, progress=progress)  # fmt: skip
+    except IdstreamError as exc:
+        sys.stderr.write("\n")
+        print(f"idstream connect metrica: {exc.message} (checkpoint {checkpoint}: run again to resume)",
+              file=sys.stderr)  # fmt: skip
+        return 1 if exc.retriable else 2
+    finally:
+        _close(producer)
+    sys.stderr.write(f"\nvisits {date1}..{date2} of counter {counter}: {len(done.parts_done)} parts to {topic}\n")
+    return 0
+
+
 def _kafka_or_none(settings: Settings) -> str | None:
     """The broker the API writes to: configured, or the running `up`'s; None leaves the API read-only."""
     try:
@@ -1257,6 +1309,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="print every golden profile as JSON lines")
     export.set_defaults(func=cmd_export)
+
+    connect = sub.add_parser("connect", help="pull a vendor's API into touch events (resumable)")
+    vendors = connect.add_subparsers(dest="vendor", required=True)
+    metrica = vendors.add_parser("metrica", help="Yandex Metrica visits (Logs API) into site_visit events")
+    metrica.add_argument("--counter", help="the counter id (default IDSTREAM_METRICA_COUNTER)")
+    metrica.add_argument("--from", dest="date_from", help="first day, YYYY-MM-DD (default: resume from the checkpoint)")
+    metrica.add_argument("--to", dest="date_to", help="last day (default yesterday: Metrica has no data for today)")
+    metrica.add_argument("--fields", help="comma-separated Logs API fields (default: idstream's visit fields)")
+    metrica.add_argument("--checkpoint", help="checkpoint file (default ~/.idstream/metrica-<counter>.json)")
+    metrica.add_argument("--poll", type=float, default=20.0, help="seconds between status checks")
+    metrica.add_argument("--retries", type=int, default=5, help="retries of a call the API asks to repeat")
+    metrica.add_argument("--delivery-timeout", type=float, default=30.0)
+    metrica.set_defaults(func=cmd_connect_metrica)
 
     serve = sub.add_parser("serve", help="serve the lookup API")
     serve.add_argument("--host", help="default: IDSTREAM_API_HOST (127.0.0.1)")

@@ -204,6 +204,10 @@ class Settings(BaseSettings):
     amocrm_token: SecretStr | None = Field(
         None, description="A long-lived amoCRM API token of that account (read access to deals and contacts)."
     )
+    metrica_url: str = Field("https://api-metrika.yandex.net", description="The Yandex Metrica API.")
+    metrica_token: SecretStr | None = Field(None, description="An OAuth token with read access to the counter.")
+    metrica_counter: str | None = Field(None, description="The Metrica counter `idstream connect metrica` reads.")
+    metrica_timezone: str = Field("Europe/Moscow", description="The counter's time zone (its visits' times).")
     api_host: str = Field("127.0.0.1", description="Address the lookup API listens on.")
     api_port: int = Field(8080, ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", description="Address of a worker's /metrics, /healthz and /readyz.")
@@ -317,8 +321,9 @@ class Settings(BaseSettings):
         """Every secret a log line must never show: tokens, keys, webhook secrets, server passwords."""
         found = [t.get_secret_value() for t in [*self.api_tokens, *self.ingest_tokens]]
         found.extend(s.get_secret_value() for s in self.hook_secrets.values())
-        if self.amocrm_token is not None:
-            found.append(self.amocrm_token.get_secret_value())
+        for token in (self.amocrm_token, self.metrica_token):
+            if token is not None:
+                found.append(token.get_secret_value())
         found.append(self.erasure_key.get_secret_value())
         found.extend(w.secret.get_secret_value() for w in self.webhooks)
         for url in (self.redis_url, self.warehouse_url, self.kafka_bootstrap_servers):
