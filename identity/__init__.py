@@ -15,11 +15,12 @@ from identity.errors import (
 from identity.graph import ApplyResult, Conflict, Evidence, IdentityGraph, Match, ProfileChange, profile_id_for
 from identity.normalize import KINDS_V1, Identifier, JunkPolicy, Normalizer, NormalizerConfig, Rejection
 from identity.policy import ResolutionPolicy
-from identity.touch import CrmInfo, Touch, TouchType, Utm
+from identity.touch import CallInfo, CrmInfo, Touch, TouchType, Utm
 
 __all__ = [
     "KINDS_V1",
     "ApplyResult",
+    "CallInfo",
     "ConfigurationError",
     "Conflict",
     "CrmInfo",

@@ -547,6 +547,42 @@ def openapi(version: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/reports/calls": {
+                "get": {
+                    "summary": "The call report: answered, missed and returned calls by channel, day and hour",
+                    "operationId": "callReport",
+                    "parameters": [
+                        {
+                            "name": "from",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "format": "date"},
+                        },
+                        {
+                            "name": "to",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "format": "date"},
+                        },
+                        {
+                            "name": "within",
+                            "in": "query",
+                            "required": False,
+                            "description": "Minutes to return a missed call in (an answered call, same person).",
+                            "schema": {"type": "integer", "minimum": 1, "default": 30},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "total, channels, days and hours: calls, answered, missed, busy, "
+                            "missed_known, returned, returned_share, avg_wait_s.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_ERRORS,
+                        "503": _json("ErrorResponse", "No warehouse is configured, or it is unavailable."),
+                    },
+                }
+            },
             "/v1/touches": {
                 "post": {
                     "summary": f"Touch events in: up to {MAX_INGEST}, produced and acknowledged by the broker",

@@ -254,6 +254,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report_calls(args: argparse.Namespace) -> int:
+    """Print the call report from the warehouse: answered, missed, returned, by channel and hour."""
+    from sinks.warehouse import connect, migrate  # noqa: PLC0415
+    from sinks.warehouse.calls import call_report, render_calls  # noqa: PLC0415
+    from sinks.warehouse.report import parse_day  # noqa: PLC0415
+
+    settings = Settings()
+    engine = connect(settings.warehouse_url)
+    migrate(engine)
+    tz = args.tz or settings.report_timezone
+    report = call_report(engine, start=parse_day(args.start, "--from"), end=parse_day(args.end, "--to"), tz=tz,
+                         within=args.within)  # fmt: skip
+    if args.format == "json":
+        _dump(report.to_dict(), sys.stdout)
+    else:
+        sys.stdout.write(render_calls(report))
+    return 0
+
+
 def _progress(done: int, total: int, elapsed: float | None = None) -> None:
     width = 30
     filled = width * done // max(total, 1)
@@ -1379,6 +1398,14 @@ def build_parser() -> argparse.ArgumentParser:
     channels.add_argument("--format", choices=["table", "csv", "json"], default="table")
     channels.add_argument("--plot", metavar="FILE.png", help="also draw the channel comparison")
     channels.set_defaults(func=cmd_report)
+
+    calls = report.add_parser("calls", help="answered and missed calls by channel and hour; missed calls returned")
+    calls.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first day (inclusive)")
+    calls.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last day (inclusive)")
+    calls.add_argument("--tz", help="time zone of the days and hours (default IDSTREAM_REPORT_TIMEZONE)")
+    calls.add_argument("--within", type=int, default=30, help="minutes a missed call has to be returned in")
+    calls.add_argument("--format", choices=["table", "json"], default="table")
+    calls.set_defaults(func=cmd_report_calls)
 
     explain = sub.add_parser(
         "explain", help="why identifiers are one person (KIND VALUE [KIND VALUE]), or a profile (--profile ID)"

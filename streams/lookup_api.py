@@ -645,6 +645,28 @@ async def channel_report_endpoint(request: web.Request) -> web.Response:
     return _json(report.to_dict())
 
 
+async def call_report_endpoint(request: web.Request) -> web.Response:
+    """The call report (answered, missed, returned) from the warehouse, off the event loop."""
+    from sinks.warehouse.calls import call_report  # noqa: PLC0415 - only this endpoint needs it
+
+    config, engine = request.app[CONFIG], request.app.get(WAREHOUSE)
+    if engine is None:
+        return _error(503, "warehouse_unavailable", "no warehouse is configured (IDSTREAM_WAREHOUSE_URL)")
+    q = request.query
+    try:
+        start, end = parse_day(q.get("from"), "from"), parse_day(q.get("to"), "to")
+        within_text = q.get("within", "30")
+        if not within_text.isdigit():
+            raise InvalidInput(f"within must be a number of minutes, not {within_text[:20]!r}")
+        tz = config.reports.tz
+        report = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: call_report(engine, start=start, end=end, tz=tz, within=int(within_text))
+        )
+    except InvalidInput as exc:
+        return _error(400, exc.code, exc.message)
+    return _json(report.to_dict())
+
+
 async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -707,6 +729,7 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
     app.router.add_get("/v1/explain", explain_endpoint)
     app.router.add_post("/v1/preview", preview_endpoint)
     app.router.add_get("/v1/reports/channels", channel_report_endpoint)
+    app.router.add_get("/v1/reports/calls", call_report_endpoint)
     app.router.add_get("/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)

@@ -227,6 +227,7 @@ def test_the_published_openapi_description_is_valid_openapi() -> None:
         "/v1/touches",
         "/v1/hooks/{source}/{secret}",
         "/v1/reports/channels",
+        "/v1/reports/calls",
         "/healthz",
         "/readyz",
         "/metrics",

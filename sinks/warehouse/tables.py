@@ -63,6 +63,11 @@ touches = Table(
     Column("project", Text),
     Column("anchor", String(32)),
     Column("profile_id", String(64)),
+    Column("call_status", String(8)),  # a call's outcome: answered, missed, busy (migration 0003)
+    Column("wait_s", Float),
+    Column("talk_s", Float),
+    Column("tracking_number", String(128)),
+    Column("operator", String(128)),
     Index("touches_anchor", "anchor"),
     Index("touches_profile", "profile_id"),
     Index("touches_time", "occurred_at"),

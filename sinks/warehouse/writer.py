@@ -271,6 +271,7 @@ class WarehouseWriter:
             return  # manual links, unlinks and erasure requests: no history row
         utm = touch.utm
         page, project = touch.attributes.get("page"), touch.attributes.get("project")
+        call = touch.call
         out.touches.append(
             {
                 "event_id": touch.event_id,
@@ -285,6 +286,11 @@ class WarehouseWriter:
                 "page": page if isinstance(page, str) else None,
                 "project": project if isinstance(project, str) else None,
                 "anchor": anchor,
+                "call_status": call.status if call else None,
+                "wait_s": call.wait_s if call else None,
+                "talk_s": call.talk_s if call else None,
+                "tracking_number": call.tracking_number if call else None,
+                "operator": call.operator if call else None,
             }
         )
         out.identified[touch.event_id] = (touch.key, hashes)
