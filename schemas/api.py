@@ -624,7 +624,7 @@ def openapi(version: str) -> dict[str, Any]:
             },
             "/v1/hooks/{source}/{secret}": {
                 "post": {
-                    "summary": "A vendor's webhook (tilda, calltouch, comagic, amocrm, form), as the vendor sends it",
+                    "summary": "A vendor's webhook (tilda, calltouch, comagic, amocrm, bitrix24, form), as sent",
                     "operationId": "hook",
                     "security": [],
                     "description": (
@@ -638,7 +638,10 @@ def openapi(version: str) -> dict[str, Any]:
                             "name": "source",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string", "enum": ["tilda", "calltouch", "comagic", "amocrm", "form"]},
+                            "schema": {
+                                "type": "string",
+                                "enum": ["tilda", "calltouch", "comagic", "amocrm", "bitrix24", "form"],
+                            },
                         },
                         {"name": "secret", "in": "path", "required": True, "schema": {"type": "string"}},
                     ],

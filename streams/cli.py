@@ -612,6 +612,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         hook_timezone=settings.hook_timezone,
         amocrm_url=settings.amocrm_url,
         amocrm_token=settings.amocrm_token.get_secret_value() if settings.amocrm_token else None,
+        bitrix24_url=settings.bitrix24_url.get_secret_value() if settings.bitrix24_url else None,
+        bitrix24_app_token=settings.bitrix24_app_token.get_secret_value() if settings.bitrix24_app_token else None,
     )
     web.run_app(create_lookup_app(config), host=host, port=port, print=None, access_log=None)
     return 0

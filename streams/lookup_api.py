@@ -120,6 +120,9 @@ class ApiConfig:
     #: The amoCRM account whose deal webhooks are read for their contacts (``IDSTREAM_AMOCRM_URL``, ``_TOKEN``).
     amocrm_url: str | None = None
     amocrm_token: str | None = field(default=None, repr=False)
+    #: The Bitrix24 portal's incoming webhook (it reads deals and contacts) and its outgoing webhook's token.
+    bitrix24_url: str | None = field(default=None, repr=False)
+    bitrix24_app_token: str | None = field(default=None, repr=False)
 
     def hook_options(self, source: str) -> dict[str, Any]:
         """The operator's configuration a webhook connector is given."""
@@ -130,6 +133,10 @@ class ApiConfig:
             from streams.connectors.amocrm import AmoClient  # noqa: PLC0415 - connectors import this module
 
             options["amocrm"] = AmoClient(self.amocrm_url, self.amocrm_token)
+        if source == "bitrix24" and self.bitrix24_url:
+            from streams.connectors.bitrix24 import BitrixClient  # noqa: PLC0415
+
+            options["bitrix24"] = BitrixClient(self.bitrix24_url, self.bitrix24_app_token)
         return options
 
 

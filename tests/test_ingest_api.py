@@ -239,37 +239,36 @@ def test_a_payload_without_an_identifier_is_a_400_and_a_dead_letter(deployment: 
 AMO_TOKEN = "amo-long-lived-token-0123456789"  # noqa: S105
 
 
-class FakeAmo:
-    """amoCRM's API v4 on loopback, answering from recorded responses; it records what it was asked."""
+class FakeApi:
+    """A vendor's REST API on loopback, answering from recorded responses (path -> fixture; a missing path is
+    204, a wrong ``Authorization`` 401, ``up=False`` 502); it records what it was asked."""
 
-    def __init__(self, up: bool = True) -> None:
+    def __init__(self, routes: dict[str, str], authorization: str | None = None, *, up: bool = True) -> None:
         self.asked: list[tuple[str, str]] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _status(self, code: int) -> None:
+                self.send_response(code)
+                self.end_headers()
+
             def do_GET(self) -> None:
                 fake.asked.append((self.path, self.headers.get("Authorization", "")))
-                path = self.path.partition("?")[0]
-                name = {"/api/v4/leads/35144366": "amocrm-api-lead-35144366.json",
-                        "/api/v4/contacts/43684612": "amocrm-api-contact-43684612.json"}.get(path)  # fmt: skip
+                path, _, query = self.path.partition("?")
+                name = routes.get(path) or routes.get(f"{path}?{query}")
                 if not up:
-                    self.send_response(502)
-                    self.end_headers()
-                    return
-                if self.headers.get("Authorization") != f"Bearer {AMO_TOKEN}":
-                    self.send_response(401)
-                    self.end_headers()
-                    return
+                    return self._status(502)
+                if authorization is not None and self.headers.get("Authorization") != authorization:
+                    return self._status(401)
                 if name is None:
-                    self.send_response(204)
-                    self.end_headers()
-                    return
+                    return self._status(204)
                 body = (FIXTURES / name).read_bytes()
                 self.send_response(200)
-                self.send_header("Content-Type", "application/hal+json")
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+                return None
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -283,19 +282,29 @@ class FakeAmo:
         self.server.server_close()
 
 
+AMO_ROUTES = {
+    "/api/v4/leads/35144366": "amocrm-api-lead-35144366.json",
+    "/api/v4/contacts/43684612": "amocrm-api-contact-43684612.json",
+}
+
+
+def fake_amo(*, up: bool = True) -> FakeApi:
+    return FakeApi(AMO_ROUTES, f"Bearer {AMO_TOKEN}", up=up)
+
+
 @pytest.fixture
-def amo() -> Iterator[FakeAmo]:
-    fake = FakeAmo()
+def amo() -> Iterator[FakeApi]:
+    fake = fake_amo()
     yield fake
     fake.close()
 
 
-def with_amo(d: Deployment, amo: FakeAmo, **changes: Any) -> ApiConfig:
+def with_amo(d: Deployment, amo: FakeApi, **changes: Any) -> ApiConfig:
     secrets = {name: HOOK_SECRET.encode() for name in ("tilda", "calltouch", "amocrm")}
     return config(d, hook_secrets=secrets, amocrm_url=amo.url, amocrm_token=AMO_TOKEN, **changes)
 
 
-def test_an_amocrm_deal_webhook_reads_the_deals_contact(deployment: Deployment, amo: FakeAmo) -> None:
+def test_an_amocrm_deal_webhook_reads_the_deals_contact(deployment: Deployment, amo: FakeApi) -> None:
     async def scenario(client: TestClient[Any, Any]) -> None:
         answer = await client.post(f"/v1/hooks/amocrm/{HOOK_SECRET}", data=hook("amocrm-lead-status.txt"),
                                    headers=FORM)  # fmt: skip
@@ -320,7 +329,7 @@ def test_an_amocrm_deal_webhook_reads_the_deals_contact(deployment: Deployment, 
 
 
 def test_an_amocrm_api_that_is_away_is_a_503_and_no_dead_letter(deployment: Deployment) -> None:
-    down = FakeAmo(up=False)
+    down = fake_amo(up=False)
     try:
 
         async def scenario(client: TestClient[Any, Any]) -> None:
@@ -349,7 +358,7 @@ def test_without_amocrm_credentials_a_deal_webhook_is_kept_as_a_dead_letter(depl
 
 
 def test_a_tilda_form_a_call_and_an_amocrm_deal_of_one_client_are_one_person(
-    deployment: Deployment, amo: FakeAmo
+    deployment: Deployment, amo: FakeApi
 ) -> None:
     """Recorded payloads of one client, through the receivers and a real worker: one person holding the form,
     the call (with its outcome) and the deal."""
@@ -380,3 +389,51 @@ def test_a_tilda_form_a_call_and_an_amocrm_deal_of_one_client_are_one_person(
     finally:
         assert worker.poll() is None
         deployment.stop()
+
+
+BITRIX_HOOK = "/rest/1/b24secretabc123/"
+BITRIX_TOKEN = "51856fefc120afa4b628cc82d3935cce"  # noqa: S105 - the recorded event's application token
+BITRIX_ROUTES = {
+    f"{BITRIX_HOOK}crm.deal.get.json?id=662": "bitrix24-api-crm.deal.get-662.json",
+    f"{BITRIX_HOOK}crm.deal.contact.items.get.json?id=662": "bitrix24-api-crm.deal.contact.items.get-662.json",
+    f"{BITRIX_HOOK}crm.contact.get.json?id=84": "bitrix24-api-crm.contact.get-84.json",
+}
+
+
+@pytest.mark.parametrize("app_token", [BITRIX_TOKEN, "another-portal-token-0000000000"])
+def test_a_bitrix24_deal_event_reads_the_deal_and_its_primary_contact(deployment: Deployment, app_token: str) -> None:
+    portal = FakeApi(BITRIX_ROUTES)
+    try:
+
+        async def scenario(client: TestClient[Any, Any]) -> None:
+            answer = await client.post(f"/v1/hooks/bitrix24/{HOOK_SECRET}", data=hook("bitrix24-deal-update.txt"),
+                                       headers=FORM)  # fmt: skip
+            if app_token == BITRIX_TOKEN:
+                assert answer.status == 200
+            else:  # the event's application token is not this portal's: refused, kept as a dead letter
+                assert answer.status == 400
+                assert "application_token" in (await answer.json())["message"]
+
+        secrets = {"bitrix24": HOOK_SECRET.encode()}
+        url = portal.url + BITRIX_HOOK
+        serve_api(config(deployment, hook_secrets=secrets, bitrix24_url=url, bitrix24_app_token=app_token), scenario)
+    finally:
+        portal.close()
+    if app_token != BITRIX_TOKEN:
+        assert landed(deployment) == []
+        assert len(landed(deployment, deployment.settings.dlq_topic)) == 1
+        return
+    (deal,) = landed(deployment)
+    assert deal["crm"] == {"deal_id": "bitrix24:662", "stage": "won", "pipeline": "3", "amount": 9800000.0}
+    assert {(i["kind"], i["value"]) for i in deal["identifiers"]} == {
+        ("crm_contact_id", "bitrix24:84"),
+        ("phone", "8 (916) 070-93-65"),
+        ("email", "anna.smirnova@yandex.ru"),
+    }
+    assert (deal["attributes"]["name"], deal["utm"]["campaign"]) == ("Анна Смирнова", "brand_msk")
+    assert deal["occurred_at"] == "2024-06-10T17:40:05+03:00"
+    assert [p.partition("?")[0].rsplit("/", 1)[1] for p, _ in portal.asked] == [
+        "crm.deal.get.json",
+        "crm.deal.contact.items.get.json",
+        "crm.contact.get.json",
+    ]

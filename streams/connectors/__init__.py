@@ -152,7 +152,7 @@ Connector = Callable[[HookRequest], Mapped | Awaitable[Mapped]]
 
 
 def _registry() -> dict[str, Connector]:
-    from streams.connectors import amocrm, calltouch, comagic, form, tilda  # noqa: PLC0415
+    from streams.connectors import amocrm, bitrix24, calltouch, comagic, form, tilda  # noqa: PLC0415
 
     return {
         "tilda": tilda.touches,
@@ -160,6 +160,7 @@ def _registry() -> dict[str, Connector]:
         "comagic": comagic.touches,
         "form": form.touches,
         "amocrm": amocrm.touches,
+        "bitrix24": bitrix24.touches,
     }
 
 

@@ -18,21 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
-from identity import TransientError
 from streams.connectors import HookRequest, MappingError, event_id, payload_of, wire_event
+from streams.connectors.http import get_json
 
 __all__ = ["AmoClient", "touches"]
 
 #: Contact fields holding identifiers, by their field_code.
 _FIELD_KINDS = {"PHONE": "phone", "EMAIL": "email"}
-
-
-class AmoUnavailable(TransientError):
-    """The amoCRM API did not answer (or refused the token): the webhook is answered 503, amoCRM sends it again."""
-
-    code = "crm_api_unavailable"
 
 
 @dataclass(frozen=True)
@@ -46,22 +38,7 @@ class AmoClient:
     async def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any] | None:
         """One object, or None when amoCRM has none (204 or 404)."""
         headers = {"Authorization": f"Bearer {self.token}"}
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(self.base_url.rstrip("/") + path, params=params, headers=headers) as response,
-            ):
-                if response.status in (204, 404):
-                    return None
-                if response.status != 200:
-                    raise AmoUnavailable(f"the amoCRM API answered {response.status} for {path.split('/')[3]}")
-                body = await response.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise AmoUnavailable(f"the amoCRM API is unavailable ({type(exc).__name__})") from None
-        if not isinstance(body, dict):
-            raise MappingError("the amoCRM API answered something that is not an object")
-        return body
+        return await get_json(self.base_url.rstrip("/") + path, params=params, headers=headers, timeout=self.timeout)
 
 
 def _contact_identifiers(contact: dict[str, Any]) -> list[dict[str, str]]:
