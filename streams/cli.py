@@ -565,6 +565,60 @@ def cmd_connect_metrica(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_connect_direct(args: argparse.Namespace) -> int:
+    """Pull Yandex Direct's cost per campaign and day (Reports API) into ad_spend messages."""
+    from datetime import UTC, date, datetime, timedelta  # noqa: PLC0415
+
+    from schemas.spend import decode_spend  # noqa: PLC0415
+    from streams.pullers.direct import Reports, spend_rows  # noqa: PLC0415
+
+    settings = Settings()
+    _logging(settings)
+    if settings.direct_token is None:
+        print("idstream connect direct: set IDSTREAM_DIRECT_TOKEN", file=sys.stderr)
+        return 2
+    login = args.login or settings.direct_login
+    checkpoint = Path(args.checkpoint or settings.state_file.parent / f"direct-{login or 'own'}.json")
+    try:
+        held = json.loads(checkpoint.read_text(encoding="utf-8")) if checkpoint.exists() else {}
+    except ValueError:
+        print(f"idstream connect direct: the checkpoint {checkpoint} is unreadable; move it away", file=sys.stderr)
+        return 2
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    date2 = args.date_to or yesterday.isoformat()
+    if args.date_from:
+        date1 = args.date_from
+    elif held.get("last_finished"):  # Direct restates recent days: take the last three again
+        date1 = min((date.fromisoformat(held["last_finished"]) - timedelta(days=3)).isoformat(), date2)
+    else:
+        date1 = date2
+    reports = Reports(settings.direct_url, settings.direct_token.get_secret_value(), login)
+    try:
+        found = servers(settings)
+        sys.stderr.write(f"Direct report {date1}..{date2}: waiting for it\n")
+        tsv = reports.fetch(reports.body(date1, date2, vat=args.vat), patience=args.patience)
+        rows = [json.dumps(r, ensure_ascii=False) for r in spend_rows(
+            tsv, currency=args.currency, account=login or "", campaign_by=args.campaign)]  # fmt: skip
+        for row in rows:
+            decode_spend(row)
+    except IdstreamError as exc:
+        print(f"idstream connect direct: {exc.message}", file=sys.stderr)
+        return 1 if exc.retriable else 2
+    producer = _producer(found.kafka, args.delivery_timeout)
+    try:
+        records = ((settings.spend_topic, n, r.encode()) for n, r in enumerate(rows, 1))
+        report = _deliver(producer, records, args.delivery_timeout)
+    finally:
+        _close(producer)
+    if report.undelivered:
+        print(f"idstream connect direct: {report.failure('row', settings.spend_topic)}", file=sys.stderr)
+        return 1
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_text(json.dumps({"last_finished": date2}), encoding="utf-8")
+    sys.stderr.write(f"{report.delivered} spend rows {date1}..{date2} to {settings.spend_topic}\n")
+    return 0
+
+
 def _kafka_or_none(settings: Settings) -> str | None:
     """The broker the API writes to: configured, or the running `up`'s; None leaves the API read-only."""
     try:
@@ -1343,6 +1397,19 @@ def build_parser() -> argparse.ArgumentParser:
     metrica.add_argument("--retries", type=int, default=5, help="retries of a call the API asks to repeat")
     metrica.add_argument("--delivery-timeout", type=float, default=30.0)
     metrica.set_defaults(func=cmd_connect_metrica)
+
+    direct = vendors.add_parser("direct", help="Yandex Direct cost per campaign and day into ad_spend")
+    direct.add_argument("--login", help="the advertiser's login (default IDSTREAM_DIRECT_LOGIN; agencies need it)")
+    direct.add_argument("--from", dest="date_from", help="first day (default: three days before the last run's end)")
+    direct.add_argument("--to", dest="date_to", help="last day (default yesterday)")
+    direct.add_argument("--currency", default="RUB", help="the account's currency (ISO 4217)")
+    direct.add_argument("--campaign", choices=["name", "id"], default="name",
+                        help="what the ads' utm_campaign carries: the campaign's name or its id")  # fmt: skip
+    direct.add_argument("--no-vat", dest="vat", action="store_false", help="costs without VAT (default: with)")
+    direct.add_argument("--checkpoint", help="checkpoint file (default ~/.idstream/direct-<login>.json)")
+    direct.add_argument("--patience", type=float, default=3600.0, help="seconds to wait for an offline report")
+    direct.add_argument("--delivery-timeout", type=float, default=30.0)
+    direct.set_defaults(func=cmd_connect_direct)
 
     serve = sub.add_parser("serve", help="serve the lookup API")
     serve.add_argument("--host", help="default: IDSTREAM_API_HOST (127.0.0.1)")

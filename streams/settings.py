@@ -210,6 +210,11 @@ class Settings(BaseSettings):
     bitrix24_app_token: SecretStr | None = Field(
         None, description="The token Bitrix24 shows for the outgoing webhook (auth[application_token])."
     )
+    direct_url: str = Field(
+        "https://api.direct.yandex.com/json/v5/reports", description="The Yandex Direct Reports service."
+    )
+    direct_token: SecretStr | None = Field(None, description="An OAuth token of Yandex Direct (read access).")
+    direct_login: str | None = Field(None, description="The advertiser's login (Client-Login), for agencies.")
     metrica_url: str = Field("https://api-metrika.yandex.net", description="The Yandex Metrica API.")
     metrica_token: SecretStr | None = Field(None, description="An OAuth token with read access to the counter.")
     metrica_counter: str | None = Field(None, description="The Metrica counter `idstream connect metrica` reads.")
@@ -327,7 +332,13 @@ class Settings(BaseSettings):
         """Every secret a log line must never show: tokens, keys, webhook secrets, server passwords."""
         found = [t.get_secret_value() for t in [*self.api_tokens, *self.ingest_tokens]]
         found.extend(s.get_secret_value() for s in self.hook_secrets.values())
-        for token in (self.amocrm_token, self.metrica_token, self.bitrix24_url, self.bitrix24_app_token):
+        for token in (
+            self.amocrm_token,
+            self.metrica_token,
+            self.bitrix24_url,
+            self.bitrix24_app_token,
+            self.direct_token,
+        ):
             if token is not None:
                 found.append(token.get_secret_value())
         found.append(self.erasure_key.get_secret_value())
