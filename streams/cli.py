@@ -567,9 +567,6 @@ def cmd_connect_metrica(args: argparse.Namespace) -> int:
 
 def cmd_connect_direct(args: argparse.Namespace) -> int:
     """Pull Yandex Direct's cost per campaign and day (Reports API) into ad_spend messages."""
-    from datetime import UTC, date, datetime, timedelta  # noqa: PLC0415
-
-    from schemas.spend import decode_spend  # noqa: PLC0415
     from streams.pullers.direct import Reports, spend_rows  # noqa: PLC0415
 
     settings = Settings()
@@ -579,44 +576,88 @@ def cmd_connect_direct(args: argparse.Namespace) -> int:
         return 2
     login = args.login or settings.direct_login
     checkpoint = Path(args.checkpoint or settings.state_file.parent / f"direct-{login or 'own'}.json")
-    try:
-        held = json.loads(checkpoint.read_text(encoding="utf-8")) if checkpoint.exists() else {}
-    except ValueError:
-        print(f"idstream connect direct: the checkpoint {checkpoint} is unreadable; move it away", file=sys.stderr)
-        return 2
-    yesterday = datetime.now(UTC).date() - timedelta(days=1)
-    date2 = args.date_to or yesterday.isoformat()
-    if args.date_from:
-        date1 = args.date_from
-    elif held.get("last_finished"):  # Direct restates recent days: take the last three again
-        date1 = min((date.fromisoformat(held["last_finished"]) - timedelta(days=3)).isoformat(), date2)
-    else:
-        date1 = date2
     reports = Reports(settings.direct_url, settings.direct_token.get_secret_value(), login)
     try:
+        date1, date2 = _spend_period(checkpoint, args.date_from, args.date_to, restated=3)  # Direct restates days
         found = servers(settings)
         sys.stderr.write(f"Direct report {date1}..{date2}: waiting for it\n")
         tsv = reports.fetch(reports.body(date1, date2, vat=args.vat), patience=args.patience)
-        rows = [json.dumps(r, ensure_ascii=False) for r in spend_rows(
-            tsv, currency=args.currency, account=login or "", campaign_by=args.campaign)]  # fmt: skip
-        for row in rows:
-            decode_spend(row)
+        rows = list(spend_rows(tsv, currency=args.currency, account=login or "", campaign_by=args.campaign))
+        failed = _produce_spend(settings, found.kafka, rows, args.delivery_timeout)
     except IdstreamError as exc:
-        print(f"idstream connect direct: {exc.message}", file=sys.stderr)
-        return 1 if exc.retriable else 2
-    producer = _producer(found.kafka, args.delivery_timeout)
-    try:
-        records = ((settings.spend_topic, n, r.encode()) for n, r in enumerate(rows, 1))
-        report = _deliver(producer, records, args.delivery_timeout)
-    finally:
-        _close(producer)
-    if report.undelivered:
-        print(f"idstream connect direct: {report.failure('row', settings.spend_topic)}", file=sys.stderr)
-        return 1
+        return _spend_done("direct", exc.message, 1 if exc.retriable else 2)
+    if failed:
+        return _spend_done("direct", failed, 1)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.write_text(json.dumps({"last_finished": date2}), encoding="utf-8")
-    sys.stderr.write(f"{report.delivered} spend rows {date1}..{date2} to {settings.spend_topic}\n")
-    return 0
+    return _spend_done("direct", f"{len(rows)} spend rows {date1}..{date2} to {settings.spend_topic}", 0)
+
+
+def _spend_done(vendor: str, message: str, code: int) -> int:
+    sys.stderr.write(f"idstream connect {vendor}: {message}\n")
+    return code
+
+
+def _spend_period(checkpoint: Path, date_from: str | None, date_to: str | None, restated: int) -> tuple[str, str]:
+    """The days to pull: as given; else from ``restated`` days before the last finished period to yesterday."""
+    from datetime import UTC, date, datetime, timedelta  # noqa: PLC0415
+
+    try:
+        held = json.loads(checkpoint.read_text(encoding="utf-8")) if checkpoint.exists() else {}
+    except ValueError:
+        raise InvalidMessage.single("checkpoint", "unreadable", f"{checkpoint} is unreadable; move it away") from None
+    date2 = date_to or (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    if date_from:
+        return date_from, date2
+    if held.get("last_finished"):
+        return min((date.fromisoformat(held["last_finished"]) - timedelta(days=restated)).isoformat(), date2), date2
+    return date2, date2
+
+
+def _produce_spend(settings: Settings, kafka: str, rows: list[dict[str, Any]], timeout: float) -> str | None:
+    """Validate and produce spend rows; None when each was acknowledged, else why not."""
+    from schemas.spend import decode_spend  # noqa: PLC0415
+
+    values = [json.dumps(r, ensure_ascii=False) for r in rows]
+    for value in values:
+        decode_spend(value)
+    producer = _producer(kafka, timeout)
+    try:
+        report = _deliver(producer, ((settings.spend_topic, n, v.encode()) for n, v in enumerate(values, 1)), timeout)
+    finally:
+        _close(producer)
+    return report.failure("row", settings.spend_topic) if report.undelivered else None
+
+
+def cmd_connect_vkads(args: argparse.Namespace) -> int:
+    """Pull VK Ads' cost per campaign and day into ad_spend messages."""
+    from datetime import date  # noqa: PLC0415
+
+    from streams.pullers.vkads import VkAds, spend_rows  # noqa: PLC0415
+
+    settings = Settings()
+    _logging(settings)
+    if not settings.vkads_client_id or settings.vkads_client_secret is None:
+        print("idstream connect vkads: set IDSTREAM_VKADS_CLIENT_ID and IDSTREAM_VKADS_CLIENT_SECRET", file=sys.stderr)
+        return 2
+    state = settings.state_file.parent
+    checkpoint = Path(args.checkpoint or state / f"vkads-{settings.vkads_client_id}.json")
+    token_file = Path(args.token_file or state / f"vkads-{settings.vkads_client_id}.token")
+    api = VkAds(settings.vkads_url, settings.vkads_client_id, settings.vkads_client_secret.get_secret_value(),
+                token_file)  # fmt: skip
+    try:
+        date1, date2 = _spend_period(checkpoint, args.date_from, args.date_to, restated=7)
+        found = servers(settings)
+        rows = spend_rows(api, date.fromisoformat(date1), date.fromisoformat(date2), currency=args.currency,
+                          source=args.source, medium=args.medium, campaign_by=args.campaign)  # fmt: skip
+        failed = _produce_spend(settings, found.kafka, rows, args.delivery_timeout)
+    except IdstreamError as exc:
+        return _spend_done("vkads", exc.message, 1 if exc.retriable else 2)
+    if failed:
+        return _spend_done("vkads", failed, 1)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_text(json.dumps({"last_finished": date2}), encoding="utf-8")
+    return _spend_done("vkads", f"{len(rows)} spend rows {date1}..{date2} to {settings.spend_topic}", 0)
 
 
 def _kafka_or_none(settings: Settings) -> str | None:
@@ -1410,6 +1451,18 @@ def build_parser() -> argparse.ArgumentParser:
     direct.add_argument("--patience", type=float, default=3600.0, help="seconds to wait for an offline report")
     direct.add_argument("--delivery-timeout", type=float, default=30.0)
     direct.set_defaults(func=cmd_connect_direct)
+
+    vkads = vendors.add_parser("vkads", help="VK Ads cost per campaign and day into ad_spend")
+    vkads.add_argument("--from", dest="date_from", help="first day (default: seven days before the last run's end)")
+    vkads.add_argument("--to", dest="date_to", help="last day (default yesterday)")
+    vkads.add_argument("--currency", default="RUB", help="the account's currency (ISO 4217)")
+    vkads.add_argument("--source", default="vk", help="utm_source of VK Ads traffic in your links")
+    vkads.add_argument("--medium", default="cpc", help="utm_medium of VK Ads traffic in your links")
+    vkads.add_argument("--campaign", choices=["name", "id"], default="name", help="what utm_campaign carries")
+    vkads.add_argument("--checkpoint", help="checkpoint file (default ~/.idstream/vkads-<client>.json)")
+    vkads.add_argument("--token-file", help="where the access token is kept (default ~/.idstream/vkads-<client>.token)")
+    vkads.add_argument("--delivery-timeout", type=float, default=30.0)
+    vkads.set_defaults(func=cmd_connect_vkads)
 
     serve = sub.add_parser("serve", help="serve the lookup API")
     serve.add_argument("--host", help="default: IDSTREAM_API_HOST (127.0.0.1)")

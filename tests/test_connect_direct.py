@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from schemas.spend import decode_spend
 from streams.app import ensure_topics
 from streams.settings import Settings
+from tests.conftest import http_server
 from tests.e2e import ROOT, Deployment
 
 FIXTURES = Path(__file__).parent / "fixtures" / "direct"
@@ -52,9 +52,8 @@ class FakeDirect:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/json/v5/reports"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = http_server(Handler)
+        self.url += "/json/v5/reports"
 
 
 @pytest.fixture

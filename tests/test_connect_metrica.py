@@ -6,10 +6,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +17,7 @@ import pytest
 
 from schemas import decode_touch
 from streams.pullers.metrica import parse_tsv, visit_events
+from tests.conftest import http_server
 from tests.e2e import ROOT, Deployment
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrica"
@@ -84,9 +84,7 @@ class FakeLogsApi:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = http_server(Handler)
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from schemas.outputs import DeadLetter
 from streams.embedded import free_port
 from streams.lookup_api import ApiConfig
-from tests.conftest import serve_api, touch
+from tests.conftest import http_server, serve_api, touch
 from tests.e2e import Deployment, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hooks"
@@ -273,9 +272,7 @@ class FakeApi:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = http_server(Handler)
 
     def close(self) -> None:
         self.server.shutdown()
