@@ -106,12 +106,38 @@ PathStep = tuple[Any, Channel]
 Credits = dict[Channel, float]
 
 
-def channel_of(touch: Touch) -> Channel | None:
-    """The channel of a marketing touch; None for touches that are not marketing touches."""
+def tracking_key(number: str) -> str:
+    """A phone number as the tracking-number table matches it: its last ten digits (``+7 495 ...``,
+    ``8 (495) ...`` and ``7495...`` are one number)."""
+    digits = "".join(c for c in number if c.isdigit())
+    return digits[-10:]
+
+
+def channel_of(touch: Touch, tracking: Mapping[str, Channel] | None = None) -> Channel | None:
+    """The channel of a marketing touch; None for touches that are not marketing touches. A call without UTM tags
+    takes the channel of the number it dialled (``tracking``: :func:`tracking_key` -> channel), if known."""
     if touch.type not in MARKETING_TYPES:
         return None
     utm = touch.utm
+    if utm is None and tracking and touch.call is not None and touch.call.tracking_number:
+        found = tracking.get(tracking_key(touch.call.tracking_number))
+        if found is not None:
+            return found
     return DIRECT if utm is None else Channel.of(utm.source, utm.medium, utm.campaign)
+
+
+def tracking_channels(numbers: Mapping[str, str]) -> dict[str, Channel]:
+    """The operator's table of tracking numbers (``{"+7 495 123-45-67": "yandex/cpc/brand"}``) by match key."""
+    out: dict[str, Channel] = {}
+    for number, written in numbers.items():
+        key = tracking_key(number)
+        parts = written.split("/")
+        if len(key) < 10 or not 2 <= len(parts) <= 3 or not parts[0].strip():
+            raise ConfigurationError(
+                f"tracking number {number!r} -> {written!r}: write a full number and 'source/medium[/campaign]'"
+            )
+        out[key] = Channel.of(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+    return out
 
 
 class ChannelRanks:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -111,7 +111,17 @@ class Golden:
     lead: EventKey | None = None  # the first call or form
     created: dict[str, EventKey] = field(default_factory=dict)  # deal id -> its first crm_stage touch
 
-    def add(self, touch: Touch, key: EventKey, trust: int, keep: int, *, points: int = 0, path_keep: int = 0) -> None:
+    def add(
+        self,
+        touch: Touch,
+        key: EventKey,
+        trust: int,
+        keep: int,
+        *,
+        points: int = 0,
+        path_keep: int = 0,
+        tracking: Mapping[str, Channel] | None = None,
+    ) -> None:
         """Fold one touch in. ``trust`` ranks its attribute values; ``keep`` bounds ``recent``;
         ``points`` is what the touch adds to the lead score; ``path_keep`` bounds the attribution path."""
         self.score += points
@@ -133,7 +143,7 @@ class Golden:
                 self.created[crm.deal_id] = key
         if touch.type not in _CONTACT_TYPES:
             return
-        channel = channel_of(touch)
+        channel = channel_of(touch, tracking)
         if channel is not None:
             self._step(key, channel, path_keep)
             if touch.type in LEAD_TYPES and (self.lead is None or key < self.lead):
@@ -243,7 +253,9 @@ def _attribute_view(value: AttributeValue, touch: Touch) -> dict[str, Any]:
     return {"value": value, "source": touch.source, "event_id": touch.event_id, "occurred_at": _when(touch.occurred_at)}
 
 
-def contribution(touch: Touch, key: EventKey, trust: int, points: int = 0) -> dict[str, Any]:
+def contribution(
+    touch: Touch, key: EventKey, trust: int, points: int = 0, tracking: Mapping[str, Channel] | None = None
+) -> dict[str, Any]:
     """What one touch adds to the aggregate of its strongest identifier, in the store-neutral form."""
     key_str = key_text(key)
     out: dict[str, Any] = {
@@ -256,7 +268,7 @@ def contribution(touch: Touch, key: EventKey, trust: int, points: int = 0) -> di
     if touch.crm is not None:
         out["deal"] = [touch.crm.deal_id, _dumps(_deal_view(touch))]
     if touch.type in _CONTACT_TYPES:
-        channel = channel_of(touch)
+        channel = channel_of(touch, tracking)
         if channel is not None:
             out["ch"] = [channel.source, channel.medium, channel.campaign]
             if touch.type in LEAD_TYPES:
@@ -501,8 +513,18 @@ class Stored:
             data if data is not None else {"a": {}, "c": {}, "pj": {}, "pg": {}, "r": [], "d": {}}
         )
 
-    def add(self, touch: Touch, key: EventKey, trust: int, keep: int, *, points: int = 0, path_keep: int = 0) -> None:
-        self.fold(contribution(touch, key, trust, points), keep, path_keep)
+    def add(
+        self,
+        touch: Touch,
+        key: EventKey,
+        trust: int,
+        keep: int,
+        *,
+        points: int = 0,
+        path_keep: int = 0,
+        tracking: Mapping[str, Channel] | None = None,
+    ) -> None:
+        self.fold(contribution(touch, key, trust, points, tracking), keep, path_keep)
 
     def fold(self, c: dict[str, Any], keep: int, path_keep: int) -> None:
         """Fold one contribution (see :func:`contribution`) in."""

@@ -53,11 +53,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple, Protocol
 
+from identity.attribution import Channel
 from identity.errors import UnsupportedEvent
 from identity.explain import EvidenceRecord, GroupView
 from identity.golden import Golden, render
@@ -225,7 +226,15 @@ class Aggregate(Protocol):
     """A golden aggregate: :class:`identity.golden.Golden` in memory, :class:`identity.golden.Stored` in a store."""
 
     def add(
-        self, touch: Touch, key: EventKey, trust: int, keep: int, *, points: int = 0, path_keep: int = 0
+        self,
+        touch: Touch,
+        key: EventKey,
+        trust: int,
+        keep: int,
+        *,
+        points: int = 0,
+        path_keep: int = 0,
+        tracking: Mapping[str, Channel] | None = None,
     ) -> None: ...
 
     def serialize(self) -> dict[str, Any]: ...
@@ -783,7 +792,13 @@ class IdentityGraph:
         self.folded.add(strongest)
         policy = self.policy
         agg.add(
-            touch, key, trust, policy.recent_touches, points=policy.points(touch), path_keep=policy.attribution_touches
+            touch,
+            key,
+            trust,
+            policy.recent_touches,
+            points=policy.points(touch),
+            path_keep=policy.attribution_touches,
+            tracking=policy.tracking,
         )
 
     def _root_at(self, node: Identifier, key: EventKey) -> Identifier:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from identity.attribution import ChannelRanks
+from identity.attribution import Channel, ChannelRanks, tracking_channels
 from identity.errors import ConfigurationError
 from identity.normalize import DEFAULT_CRM_SYSTEMS, Identifier, validate_prefix_names
 from identity.touch import Touch, TouchType
@@ -191,6 +191,10 @@ class ResolutionPolicy:
     #: CRM systems a ``crm_contact_id`` may name (``amocrm:501``); each counts on its own. Keep equal to the
     #: normalizer's (:attr:`identity.normalize.NormalizerConfig.crm_systems`): the settings build both from one list.
     crm_systems: frozenset[str] = DEFAULT_CRM_SYSTEMS
+    #: Call-tracking numbers and the channel each stands for (``{"+7 495 123-45-67": "yandex/cpc/brand"}``): a
+    #: call without UTM tags takes the channel of the number it dialled.
+    tracking_numbers: Mapping[str, str] = field(default_factory=dict)
+    tracking: Mapping[str, Channel] = field(init=False, repr=False, compare=False)
     ranks: ChannelRanks = field(init=False, repr=False, compare=False)
     _point_rules: tuple[tuple[str, str | None, str | None, int], ...] = field(init=False, repr=False, compare=False)
     #: Caches of :meth:`limit_key` and :meth:`limit` (not part of the value: equality and hashing ignore them).
@@ -230,6 +234,7 @@ class ResolutionPolicy:
         if self.hub_group_size < 8:
             raise ConfigurationError(f"hub_group_size must be at least 8, got {self.hub_group_size}")
         object.__setattr__(self, "ranks", ChannelRanks(self.channel_ranks))
+        object.__setattr__(self, "tracking", tracking_channels(self.tracking_numbers))
         rules = tuple((*_parse_point_rule(rule), points) for rule, points in sorted(self.lead_points.items()))
         object.__setattr__(self, "_point_rules", rules)
         object.__setattr__(self, "_system_keys", {system: f"{_CRM}:{system}" for system in self.crm_systems})

@@ -159,6 +159,11 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_SHARED_CLUSTERS),
         description="...or, when nobody claimed it beside their own identifiers, with more clusters (JSON).",
     )
+    tracking_numbers: dict[str, str] = Field(
+        default_factory=dict,
+        description='Call-tracking numbers and their channels (JSON: {"+7 495 123-45-67": "yandex/cpc/brand"}): a '
+        "call without UTM tags takes the channel of the number it dialled.",
+    )
     shared_devices: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_SHARED_DEVICES),
         description="...or when the persons and unnamed device clusters it joins, each weighed by the phone "
@@ -392,6 +397,7 @@ class Settings(BaseSettings):
             shared_persons=dict(self.shared_persons),
             shared_clusters=dict(self.shared_clusters),
             shared_devices=dict(self.shared_devices),
+            tracking_numbers=dict(self.tracking_numbers),
             number_type_weights=dict(self.number_type_weights),
             channel_ranks=dict(self.channel_ranks),
             attribution_touches=self.attribution_touches,

@@ -24,9 +24,9 @@ CPC, ORGANIC = Utm("yandex", "cpc", "brand"), Utm("google", "organic")
 
 
 def call(eid: str, minute: float, who: tuple[str, str], status: str | None, *, wait: float | None = None,
-         utm: Utm | None = None) -> Touch:  # fmt: skip
+         utm: Utm | None = None, dialled: str | None = None) -> Touch:  # fmt: skip
     base = touch(eid, minute, who, type="call", source="calltouch", utm=utm)
-    return dataclasses.replace(base, call=CallInfo(status, wait) if status else None)
+    return dataclasses.replace(base, call=CallInfo(status, wait, None, dialled) if status else None)
 
 
 def calls() -> list[Touch]:
@@ -89,3 +89,36 @@ def test_the_api_serves_the_call_report_to_a_lookup_token(fed: Engine, redis_url
             assert (await client.get("/v1/reports/calls" + query, headers=auth)).status == 400, query
 
     serve_api(config, scenario)
+
+
+def test_calls_without_utm_take_the_channel_of_the_tracking_number_they_dialled(
+    redis_client: redis.Redis,
+    warehouse: Engine,  # noqa: F811
+) -> None:
+    policy = ResolutionPolicy(tracking_numbers={"+7 (495) 111-22-33": "yandex/cpc/brand", "84952223344": "avito/cpa"})
+    dialled = [
+        call("t1", 0, ANNA, "answered", wait=5, dialled="74951112233"),
+        call("t2", 1, BORIS, "missed", wait=30, dialled="+7 495 222-33-44"),
+        call("t3", 2, VERA, "answered", wait=1, dialled="+7 495 999-99-99"),
+        call("t4", 3, GLEB, "answered", wait=1, dialled="74951112233", utm=ORGANIC),
+    ]
+    pipeline = Pipeline(redis_client, warehouse, policy)
+    pipeline.feed(dialled)
+    channels = {(c["source"], c["medium"]): c["calls"] for c in call_report(warehouse).to_dict()["channels"]}
+    # a known number names the channel; an unknown one stays direct; UTM tags win over the number
+    assert channels == {("yandex", "cpc"): 1, ("avito", "cpa"): 1, ("(direct)", "(none)"): 1, ("google", "organic"): 1}
+    anna = pipeline.store.lookup_raw(*ANNA)
+    assert anna is not None
+    profile = pipeline.store.profile(anna)
+    assert profile is not None
+    assert profile["attribution"]["lead_at"] is not None
+    assert {"source": "yandex", "medium": "cpc", "campaign": "brand"}.items() <= profile["attribution"]["models"][
+        "first"
+    ][0].items()
+
+
+def test_a_tracking_number_table_with_a_bad_entry_is_refused() -> None:
+    from identity import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="source/medium"):
+        ResolutionPolicy(tracking_numbers={"+7 495 111-22-33": "yandex"})

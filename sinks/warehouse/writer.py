@@ -266,7 +266,7 @@ class WarehouseWriter:
             )
             out.identified[touch.event_id] = (touch.key, hashes)
             return
-        channel = channel_of(touch)
+        channel = channel_of(touch, self.policy.tracking)
         if channel is None:
             return  # manual links, unlinks and erasure requests: no history row
         utm = touch.utm
