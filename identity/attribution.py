@@ -57,9 +57,11 @@ Model = Literal["first", "last", "last_non_direct", "position", "linear", "rank"
 MODELS: Final[tuple[Model, ...]] = ("first", "last", "last_non_direct", "position", "linear", "rank")
 
 #: Touch types that are marketing touches (part of a path).
-MARKETING_TYPES: Final = frozenset({TouchType.SITE_VISIT, TouchType.CALL, TouchType.FORM_SUBMIT})
+MARKETING_TYPES: Final = frozenset(
+    {TouchType.SITE_VISIT, TouchType.CALL, TouchType.FORM_SUBMIT, TouchType.MESSAGE, TouchType.EMAIL_EVENT}
+)
 #: Touch types that make a person a lead.
-LEAD_TYPES: Final = frozenset({TouchType.CALL, TouchType.FORM_SUBMIT})
+LEAD_TYPES: Final = frozenset({TouchType.CALL, TouchType.FORM_SUBMIT, TouchType.MESSAGE, TouchType.OFFLINE_VISIT})
 
 _DIRECT_SOURCES: Final = frozenset({"(direct)", "direct", "(none)"})
 _NOT_SET: Final = "(not set)"
@@ -118,6 +120,8 @@ def channel_of(touch: Touch, tracking: Mapping[str, Channel] | None = None) -> C
     takes the channel of the number it dialled (``tracking``: :func:`tracking_key` -> channel), if known."""
     if touch.type not in MARKETING_TYPES:
         return None
+    if touch.type is TouchType.EMAIL_EVENT and touch.attributes.get("action") != "click":
+        return None  # a mail sent or opened brought nobody anywhere; its click did
     utm = touch.utm
     if utm is None and tracking and touch.call is not None and touch.call.tracking_number:
         found = tracking.get(tracking_key(touch.call.tracking_number))

@@ -51,7 +51,18 @@ MAX_VALUE_CHARS = 2_000  # characters of one attribute's text value (the full va
 _ALWAYS_SHOWN = ("name",)
 
 #: Touch types that are contacts with the person (manual links are not).
-_CONTACT_TYPES = frozenset({TouchType.SITE_VISIT, TouchType.CALL, TouchType.FORM_SUBMIT, TouchType.CRM_STAGE})
+_CONTACT_TYPES = frozenset(
+    {
+        TouchType.SITE_VISIT,
+        TouchType.CALL,
+        TouchType.FORM_SUBMIT,
+        TouchType.CRM_STAGE,
+        TouchType.MESSAGE,
+        TouchType.EMAIL_EVENT,
+        TouchType.PURCHASE,
+        TouchType.OFFLINE_VISIT,
+    }
+)
 #: Attributes counted as interests.
 _INTEREST_ATTRIBUTES = ("project", "page")
 

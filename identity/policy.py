@@ -107,9 +107,13 @@ DEFAULT_TYPE_TRUST: Mapping[str, int] = MappingProxyType(
     {
         TouchType.IDENTITY_LINK: 50,
         TouchType.CRM_STAGE: 40,
+        TouchType.PURCHASE: 40,
         TouchType.FORM_SUBMIT: 30,
+        TouchType.OFFLINE_VISIT: 30,
+        TouchType.MESSAGE: 25,
         TouchType.CALL: 20,
         TouchType.SITE_VISIT: 10,
+        TouchType.EMAIL_EVENT: 5,
     }
 )
 

@@ -19,6 +19,7 @@ from identity.errors import InvalidInput
 
 __all__ = [
     "CALL_STATUSES",
+    "EMAIL_ACTIONS",
     "KEY_TIME_DIGITS",
     "LINKING_TYPES",
     "AttributeValue",
@@ -45,6 +46,10 @@ class TouchType(StrEnum):
     IDENTITY_LINK = "identity_link"
     IDENTITY_UNLINK = "identity_unlink"
     ERASE_REQUEST = "erase_request"
+    MESSAGE = "message"  # a messenger or chat message (attributes.platform)
+    EMAIL_EVENT = "email_event"  # an e-mail sent, opened or clicked (attributes.action, utm.campaign)
+    PURCHASE = "purchase"  # a sale in 1C or an ERP (purchase: order_id, amount, currency, items)
+    OFFLINE_VISIT = "offline_visit"  # a visit to a showroom or an office
 
 
 #: Types whose identifiers are evidence that they belong to one person.
@@ -55,8 +60,15 @@ LINKING_TYPES: Final = frozenset(
         TouchType.FORM_SUBMIT,
         TouchType.CRM_STAGE,
         TouchType.IDENTITY_LINK,
+        TouchType.MESSAGE,
+        TouchType.EMAIL_EVENT,
+        TouchType.PURCHASE,
+        TouchType.OFFLINE_VISIT,
     }
 )
+
+#: What an ``email_event`` says happened (``attributes.action``).
+EMAIL_ACTIONS: Final = ("sent", "open", "click")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +90,7 @@ class CrmInfo:
     previous_stage: str | None = None
     pipeline: str | None = None
     amount: float | None = None
+    currency: str | None = None  # a purchase's (ISO 4217); CRM stages are in the report currency
 
 
 #: What happened to a call: answered by someone, not answered (the caller waited and hung up), or busy.

@@ -32,6 +32,19 @@ __all__ = ["RULES", "Candidate", "TriggerRules", "candidates"]
 
 RULES = ("stage_changed", "returning_with_open_deal", "repeat_inquiry", "lead_score_crossed")
 
+#: A person coming back: any contact of theirs but a CRM change or an e-mail we sent them.
+_RETURNING_TYPES = frozenset(
+    {
+        TouchType.SITE_VISIT,
+        TouchType.CALL,
+        TouchType.FORM_SUBMIT,
+        TouchType.MESSAGE,
+        TouchType.OFFLINE_VISIT,
+    }
+)
+#: Asking again: calls, forms, messages, visits in person (not browsing).
+_INQUIRY_TYPES = frozenset({TouchType.CALL, TouchType.FORM_SUBMIT, TouchType.MESSAGE, TouchType.OFFLINE_VISIT})
+
 
 @dataclass(frozen=True, slots=True)
 class TriggerRules:
@@ -115,7 +128,7 @@ def candidates(
             "source": touch.source,
         }
         out.append(Candidate(trigger_id("stage_changed", eid), "stage_changed", pid, eid, when, data))
-    if touch.type in (TouchType.SITE_VISIT, TouchType.CALL, TouchType.FORM_SUBMIT):
+    if touch.type in _RETURNING_TYPES:
         # strictly before the touch: the deal must already have been open when the person came back
         deals = [d for d in _open_deals_before(profile, when) if d.get("event_id") != eid]
         if deals:
@@ -126,7 +139,7 @@ def candidates(
                 bucket = str(int(touch.occurred_at.timestamp()) // rules.returning_window_s)
                 tid = trigger_id("returning_with_open_deal", deal["deal_id"], bucket)
                 out.append(Candidate(tid, "returning_with_open_deal", pid, eid, when, about))
-            if "repeat_inquiry" in enabled and touch.type is not TouchType.SITE_VISIT:
+            if "repeat_inquiry" in enabled and touch.type in _INQUIRY_TYPES:
                 out.append(Candidate(trigger_id("repeat_inquiry", eid), "repeat_inquiry", pid, eid, when, about))
     if "lead_score_crossed" in enabled:
         score = int(profile.get("lead_score", 0))

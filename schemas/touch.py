@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from identity.normalize import MAX_RAW_LENGTH
-from identity.touch import CALL_STATUSES, AttributeValue, CallInfo, CrmInfo, Touch, TouchType, Utm
+from identity.touch import CALL_STATUSES, EMAIL_ACTIONS, AttributeValue, CallInfo, CrmInfo, Touch, TouchType, Utm
 from schemas.errors import decode
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "CallIn",
     "CrmIn",
     "IdentifierIn",
+    "PurchaseIn",
     "TouchEvent",
     "UtmIn",
     "decode_touch",
@@ -166,6 +167,23 @@ class CallIn(_Open):
     operator: ShortText | None = Field(None, description="Who answered (a name or an id of the call center's).")
 
 
+class PurchaseItem(_Open):
+    sku: ShortText | None = None
+    name: Text | None = None
+    quantity: Annotated[FiniteFloat, Field(ge=0)] | None = None
+    price: Annotated[FiniteFloat, Field(ge=0)] | None = None
+
+
+class PurchaseIn(_Open):
+    """A sale recorded in 1C or an ERP: it becomes a won deal of the person (``deal_id`` ``purchase:<order_id>``),
+    so attribution and the reports credit channels with it."""
+
+    order_id: ShortText
+    amount: Annotated[FiniteFloat, Strict(), Field(ge=0, le=1e12)]
+    currency: Annotated[StrictStr, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(description="ISO 4217, e.g. RUB.")
+    items: list[PurchaseItem] = Field(default_factory=list, max_length=200)
+
+
 class TouchEvent(_Open):
     """One touch: a site visit, a call, a form, a CRM stage change, or a manual correction."""
 
@@ -203,6 +221,7 @@ class TouchEvent(_Open):
     utm: UtmIn | None = None
     crm: CrmIn | None = Field(default=None, validate_default=True, description="Required for crm_stage.")
     call: CallIn | None = Field(default=None, description="A call's outcome; only on type call.")
+    purchase: PurchaseIn | None = Field(default=None, validate_default=True, description="Required for purchase.")
 
     @field_validator("identifiers")
     @classmethod
@@ -232,6 +251,23 @@ class TouchEvent(_Open):
             raise ValueError("call details are for type call only")
         return value
 
+    @field_validator("purchase")
+    @classmethod
+    def _purchase_for_purchases(cls, value: PurchaseIn | None, info: ValidationInfo) -> PurchaseIn | None:
+        kind = info.data.get("type")
+        if value is None and kind is TouchType.PURCHASE:
+            raise ValueError("purchase (order_id, amount, currency) is required for type purchase")
+        if value is not None and kind is not TouchType.PURCHASE:
+            raise ValueError("purchase details are for type purchase only")
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _email_action(cls, value: dict[str, AttributeValue], info: ValidationInfo) -> dict[str, AttributeValue]:
+        if info.data.get("type") is TouchType.EMAIL_EVENT and value.get("action") not in EMAIL_ACTIONS:
+            raise ValueError(f"an email_event needs attributes.action: one of {', '.join(EMAIL_ACTIONS)}")
+        return value
+
     def to_touch(self) -> Touch:
         """The core's view of this event."""
         attributes: dict[str, AttributeValue] = dict(self.attributes)
@@ -245,7 +281,7 @@ class TouchEvent(_Open):
             identifiers=tuple((i.kind, i.value) for i in self.identifiers),
             attributes=attributes,
             utm=Utm(utm.source, utm.medium, utm.campaign, utm.content, utm.term) if utm else None,
-            crm=CrmInfo(crm.deal_id, crm.stage, crm.previous_stage, crm.pipeline, crm.amount) if crm else None,
+            crm=_deal(crm, self.purchase),
             call=_call(self.call),
         )
 
@@ -263,13 +299,26 @@ class TouchEvent(_Open):
         }
         if touch.utm is not None:
             data["utm"] = touch.utm.to_dict()
-        if touch.crm is not None:
+        if touch.crm is not None and touch.type is TouchType.PURCHASE:
+            c = touch.crm
+            data["purchase"] = {"order_id": c.deal_id.removeprefix("purchase:"), "amount": c.amount or 0.0,
+                                "currency": c.currency or "RUB"}  # fmt: skip
+        elif touch.crm is not None:
             c = touch.crm
             data["crm"] = {"deal_id": c.deal_id, "stage": c.stage, "previous_stage": c.previous_stage,
                            "pipeline": c.pipeline, "amount": c.amount}  # fmt: skip
         if touch.call is not None:
             data["call"] = touch.call.to_dict()
         return cls.model_validate(data)
+
+
+def _deal(crm: CrmIn | None, purchase: PurchaseIn | None) -> CrmInfo | None:
+    """A CRM stage as given; a purchase as a won deal of its own."""
+    if purchase is not None:
+        return CrmInfo(f"purchase:{purchase.order_id}", "won", None, "purchase", purchase.amount, purchase.currency)
+    if crm is None:
+        return None
+    return CrmInfo(crm.deal_id, crm.stage, crm.previous_stage, crm.pipeline, crm.amount)
 
 
 def _call(call: CallIn | None) -> CallInfo | None:

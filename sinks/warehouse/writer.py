@@ -250,7 +250,7 @@ class WarehouseWriter:
         anchor = hashes[0] if hashes else None  # settled at write time, without identifiers erased by then
         when = to_db(touch.occurred_at)
         crm = touch.crm
-        if touch.type is TouchType.CRM_STAGE and crm is not None:
+        if touch.type in (TouchType.CRM_STAGE, TouchType.PURCHASE) and crm is not None:
             out.stages.append(
                 {
                     "event_id": touch.event_id,
