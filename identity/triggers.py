@@ -28,9 +28,15 @@ from typing import Any
 from identity.errors import ConfigurationError
 from identity.touch import Touch, TouchType
 
-__all__ = ["RULES", "Candidate", "TriggerRules", "candidates"]
+__all__ = ["RULES", "Candidate", "MissedCall", "TriggerRules", "candidates", "missed_call", "not_returned"]
 
-RULES = ("stage_changed", "returning_with_open_deal", "repeat_inquiry", "lead_score_crossed")
+RULES = (
+    "stage_changed",
+    "returning_with_open_deal",
+    "repeat_inquiry",
+    "lead_score_crossed",
+    "missed_call_not_returned",
+)
 
 #: A person coming back: any contact of theirs but a CRM change or an e-mail we sent them.
 _RETURNING_TYPES = frozenset(
@@ -53,6 +59,8 @@ class TriggerRules:
     returning_window_s: int = 24 * 3600
     #: Touches older than this many seconds fire nothing; ``None``: no limit.
     max_age_s: float | None = 24 * 3600
+    #: A missed call not followed by an answered call with the person within this many seconds fires.
+    missed_call_window_s: int = 30 * 60
 
     def __post_init__(self) -> None:
         unknown = sorted(self.enabled - set(RULES))
@@ -62,6 +70,8 @@ class TriggerRules:
             raise ConfigurationError("lead-score thresholds must be positive")
         if self.returning_window_s <= 0:
             raise ConfigurationError("the returning window must be positive")
+        if self.missed_call_window_s <= 0:
+            raise ConfigurationError("the missed-call window must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +161,54 @@ def candidates(
                 tid = trigger_id("lead_score_crossed", pid, cause)
                 out.append(Candidate(tid, "lead_score_crossed", pid, eid, when, data, inherit))
     return out
+
+
+# ----------------------------------------------------------------------------- missed calls
+
+
+@dataclass(frozen=True, slots=True)
+class MissedCall:
+    """A missed call waiting for its window to pass: the store keeps it until then (by ``event_id``)."""
+
+    event_id: str
+    profile_id: str
+    called_at: str  # ISO-8601
+    due: float  # Unix seconds: when the window closes
+    data: dict[str, Any]
+
+
+def missed_call(touch: Touch, profile_id: str | None, rules: TriggerRules, *, now: datetime) -> MissedCall | None:
+    """The pending check of an applied call that nobody answered (None for any other touch)."""
+    if "missed_call_not_returned" not in rules.enabled or profile_id is None or touch.type is not TouchType.CALL:
+        return None
+    call = touch.call
+    if call is None or call.status not in ("missed", "busy"):
+        return None
+    if rules.max_age_s is not None and (now - touch.occurred_at).total_seconds() > rules.max_age_s:
+        return None
+    data: dict[str, Any] = {"status": call.status, "within_minutes": rules.missed_call_window_s // 60,
+                            "source": touch.source}  # fmt: skip
+    if call.tracking_number:
+        data["tracking_number"] = call.tracking_number
+    if call.wait_s is not None:
+        data["wait_s"] = call.wait_s
+    due = touch.occurred_at.timestamp() + rules.missed_call_window_s
+    return MissedCall(touch.event_id, profile_id, touch.occurred_at.isoformat(), due, data)
+
+
+def not_returned(pending: MissedCall, profile: dict[str, Any] | None, rules: TriggerRules) -> Candidate | None:
+    """Once its window has passed: the trigger, unless the person's profile shows an answered call after the
+    missed one and within the window (or the person is gone: erased)."""
+    if profile is None:
+        return None
+    called = datetime.fromisoformat(pending.called_at)
+    window = rules.missed_call_window_s
+    for touch in profile.get("recent_touches") or []:
+        if touch.get("type") != "call" or (touch.get("call") or {}).get("status") != "answered":
+            continue
+        seconds = (datetime.fromisoformat(touch["occurred_at"]) - called).total_seconds()
+        if 0 < seconds <= window:
+            return None
+    pid = profile["profile_id"]
+    tid = trigger_id("missed_call_not_returned", pending.event_id)
+    return Candidate(tid, "missed_call_not_returned", pid, pending.event_id, pending.called_at, pending.data)

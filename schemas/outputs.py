@@ -111,7 +111,9 @@ class Trigger(BaseModel):
     model_config = ConfigDict(title="Trigger", extra="forbid")
 
     trigger_id: str
-    rule: Literal["stage_changed", "returning_with_open_deal", "repeat_inquiry", "lead_score_crossed"]
+    rule: Literal[
+        "stage_changed", "returning_with_open_deal", "repeat_inquiry", "lead_score_crossed", "missed_call_not_returned"
+    ]
     profile_id: str
     event_id: str = Field(description="The touch that caused it.")
     occurred_at: str = Field(description="When that touch happened.")
@@ -119,7 +121,8 @@ class Trigger(BaseModel):
         description=(
             "stage_changed: deal_id, from, to, pipeline, amount, status, source; returning_with_open_deal and "
             "repeat_inquiry: deal_id, stage, touch_type, source, open_deals; lead_score_crossed: threshold, "
-            "lead_score."
+            "lead_score; missed_call_not_returned (the missed call's event and time): status, within_minutes, "
+            "source, tracking_number, wait_s."
         )
     )
     profile: dict[str, Any] = Field(description="The person's screen-pop card when the trigger fired.")

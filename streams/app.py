@@ -26,7 +26,7 @@ from faust.types import TP, EventT
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from identity import TransientError
+from identity import IdstreamError, TransientError
 from streams.observe import LAG, STORE_RETRIES, record_batch, start_health_server
 from streams.processor import Inbound, Outbound, OutputTopics, Processor, output_dead_letter
 from streams.settings import Settings
@@ -282,6 +282,23 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str, *, health: bo
             raise
 
     app.agent(touches, name="idstream.resolve", concurrency=1)(resolve)
+
+    async def missed_calls() -> None:
+        """Missed calls whose windows closed: fire for those nobody returned (delivered, then recorded)."""
+        if "missed_call_not_returned" not in processor.rules.enabled:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            out, decided = await loop.run_in_executor(None, processor.due)
+            if out and not await deliver(
+                send, out, topics=topics, limit=settings.max_message_bytes, give_up_after=settings.give_up_after
+            ):
+                return
+            await loop.run_in_executor(None, processor.settle, out, decided)
+        except IdstreamError as exc:  # the next tick tries again: nothing is dropped before it is delivered
+            log.warning("missed-call check postponed: %s", exc.code)
+
+    app.timer(settings.missed_call_check_s)(missed_calls)
     if health:
         _observe(app, settings, client, processed, progress)
     return app

@@ -22,7 +22,7 @@ from identity import ApplyResult, ConfigurationError, IdstreamError, Touch, Touc
 from identity.card import screen_pop
 from identity.golden import fit
 from identity.graph import APPLIED_TYPES, ChangeKind, manual_note
-from identity.triggers import Candidate, TriggerRules, candidates
+from identity.triggers import Candidate, MissedCall, TriggerRules, candidates, missed_call, not_returned
 from schemas import DeadLetter, IdentityChange, InvalidMessage, ProfileUpdate, Trigger, decode_touch
 from streams.observe import DEAD_LETTERS, BatchStats
 from streams.redis_store import Snapshot
@@ -69,6 +69,12 @@ class ProfileSource(Protocol):
     def unfired(self, trigger_ids: Sequence[str]) -> set[str]: ...
 
     def mark_fired(self, trigger_ids: Sequence[str]) -> None: ...
+
+    def add_pending(self, calls: Sequence[MissedCall]) -> None: ...
+
+    def due_pending(self, now: float, limit: int = 200) -> list[MissedCall]: ...
+
+    def drop_pending(self, event_ids: Sequence[str]) -> None: ...
 
     @property
     def largest_component(self) -> int:
@@ -362,10 +368,50 @@ class Processor:
             self.topics, self.topics.profiles, update.profile_id, len(body), self.max_message_bytes
         )
 
+    def due(self) -> tuple[list[Outbound], list[str]]:
+        """Missed calls whose windows have closed: the triggers of those nobody returned (to deliver, then
+        :meth:`settle`), and every such call's event id (to forget once delivered)."""
+        pending = self.store.due_pending(self.clock().timestamp())
+        if not pending:
+            return [], []
+        snap = self.store.snapshot(sorted({p.profile_id for p in pending}))
+        wanted: dict[str, Candidate] = {}
+        for p in pending:
+            live = snap.live.get(p.profile_id)
+            found = not_returned(p, snap.profiles.get(live) if live else None, self.rules)
+            if found is not None:
+                wanted.setdefault(found.trigger_id, found)
+        unfired = self.store.unfired(sorted(wanted))
+        out = [self._trigger(c, snap) for tid, c in wanted.items() if tid in unfired]
+        return out, [p.event_id for p in pending]
+
+    def settle(self, delivered: Sequence[Outbound], decided: Sequence[str]) -> None:
+        """After delivery: the triggers are fired, the missed calls decided."""
+        self.confirm(delivered)
+        self.store.drop_pending(decided)
+
+    def _trigger(self, c: Candidate, snap: Snapshot) -> Outbound:
+        message = Trigger(
+            trigger_id=c.trigger_id,
+            rule=c.rule,
+            profile_id=c.profile_id,
+            event_id=c.event_id,
+            occurred_at=c.occurred_at,
+            data=c.data,
+            profile=screen_pop(snap.profiles[c.profile_id]),
+        )
+        return Outbound(self.topics.triggers, c.profile_id.encode(), _json(message), trigger_id=c.trigger_id)
+
     def _triggers(self, results: list[tuple[Touch, ApplyResult]], snap: Snapshot) -> list[Outbound]:
         if not self.rules.enabled:
             return []
         now = self.clock()
+        pending = [
+            found
+            for touch, result in results
+            if (found := missed_call(touch, snap.live.get(result.profile_id or ""), self.rules, now=now))
+        ]
+        self.store.add_pending(pending)  # idempotent: a redelivered batch adds the same calls again
         wanted: dict[str, Candidate] = {}
         for touch, result in results:
             pid = snap.live.get(result.profile_id or "")
@@ -380,21 +426,7 @@ class Processor:
         unfired = self.store.unfired(asked)
         inherited = [tid for tid, c in wanted.items() if tid in unfired and any(i not in unfired for i in c.inherit)]
         self.store.mark_fired(inherited)  # a merged person already fired it: nothing to produce, nothing to lose
-        out = []
-        for tid, c in wanted.items():
-            if tid not in unfired or tid in inherited:
-                continue
-            message = Trigger(
-                trigger_id=tid,
-                rule=c.rule,
-                profile_id=c.profile_id,
-                event_id=c.event_id,
-                occurred_at=c.occurred_at,
-                data=c.data,
-                profile=screen_pop(snap.profiles[c.profile_id]),
-            )
-            out.append(Outbound(self.topics.triggers, c.profile_id.encode(), _json(message), trigger_id=tid))
-        return out
+        return [self._trigger(c, snap) for tid, c in wanted.items() if tid in unfired and tid not in inherited]
 
     def _changes(self, touch: Touch, result: ApplyResult, out: list[Outbound]) -> None:
         common = {"event_id": touch.event_id, "source": touch.source, "occurred_at": touch.occurred_at.isoformat()}

@@ -69,6 +69,7 @@ from identity.explain import GroupView
 from identity.golden import Stored
 from identity.graph import APPLIED_TYPES, DEFAULT_ERASURE_KEY, erasure_hash
 from identity.touch import key_text
+from identity.triggers import MissedCall
 from streams.redis_errors import mapped
 
 __all__ = [
@@ -343,7 +344,7 @@ class RedisIdentityStore:
         self.prefix = prefix
         self.dedup_days = dedup_days
         self.clock = clock
-        self._key = {name: f"{{{prefix}}}:{name}" for name in (*KEY_NAMES, "fired")}
+        self._key = {name: f"{{{prefix}}}:{name}" for name in (*KEY_NAMES, "fired", "missed", "missed_data")}
         self.keys = [self._key[name] for name in KEY_NAMES]
         self.read_keys = [self._key[name] for name in READ_KEY_NAMES]
         self._load = client.register_script(_LOAD_LUA)
@@ -803,6 +804,39 @@ class RedisIdentityStore:
             with mapped("triggers"):
                 self.client.sadd(self._key["fired"], *trigger_ids)
 
+    def add_pending(self, calls: Sequence[MissedCall]) -> None:
+        """Remember missed calls until their windows close (idempotent by event id)."""
+        if not calls:
+            return
+        with mapped("triggers"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zadd(self._key["missed"], {c.event_id: c.due for c in calls})
+            pipe.hset(self._key["missed_data"], mapping={c.event_id: orjson.dumps(
+                [c.profile_id, c.called_at, c.due, c.data]) for c in calls})  # fmt: skip
+            pipe.execute()
+
+    def due_pending(self, now: float, limit: int = 200) -> list[MissedCall]:
+        """Missed calls whose windows have closed, oldest first."""
+        with mapped("triggers"):
+            found = self.client.zrangebyscore(self._key["missed"], "-inf", now, start=0, num=limit)
+            ids = [_text(i) for i in found if isinstance(i, bytes | str)]
+            raw = self.client.hmget(self._key["missed_data"], ids) if ids else []
+        out = []
+        for eid, held in zip(ids, raw, strict=True):
+            if held is not None:
+                pid, called_at, due, data = orjson.loads(held)
+                out.append(MissedCall(eid, pid, called_at, float(due), data))
+        return out
+
+    def drop_pending(self, event_ids: Sequence[str]) -> None:
+        """Forget missed calls that were decided (fired or returned)."""
+        if event_ids:
+            with mapped("triggers"):
+                pipe = self.client.pipeline(transaction=True)
+                pipe.zrem(self._key["missed"], *event_ids)
+                pipe.hdel(self._key["missed_data"], *event_ids)
+                pipe.execute()
+
     def _records(self) -> Iterator[dict[str, Any]]:
         for _pid, raw in self.client.hscan_iter(self._key["prof"], count=1000):
             yield decode_profile(raw)
@@ -845,7 +879,8 @@ class RedisIdentityStore:
     def _all_keys(self) -> list[str]:
         legacy = [f"{{{self.prefix}}}:{name}" for name in LEGACY_KEY_NAMES]
         days = [_text(k) for k in self.client.scan_iter(match=f"{{{self.prefix}}}:seen:*", count=1000)]
-        return [*self.keys, self._key["fired"], *legacy, *days]
+        extra = [self._key[name] for name in ("fired", "missed", "missed_data")]
+        return [*self.keys, *extra, *legacy, *days]
 
     def is_empty(self) -> bool:
         """No key of this deployment exists (not even an applied event id, nor a key of the old layout)."""

@@ -249,6 +249,10 @@ class Settings(BaseSettings):
         default_factory=lambda: list(TRIGGER_RULES), description="Triggers to fire; [] turns them off."
     )
     lead_score_thresholds: list[int] = Field(default_factory=lambda: [50, 100])
+    missed_call_minutes: int = Field(
+        30, ge=1, le=7 * 24 * 60, description="A missed call not returned within this many minutes fires a trigger."
+    )
+    missed_call_check_s: float = Field(15.0, gt=0, description="Seconds between a worker's missed-call checks.")
     returning_window_hours: float = Field(
         24.0, gt=0, description="returning_with_open_deal fires once per deal per window of event time."
     )
@@ -410,6 +414,7 @@ class Settings(BaseSettings):
             enabled=frozenset(self.trigger_rules),
             lead_thresholds=tuple(self.lead_score_thresholds),
             returning_window_s=max(1, round(self.returning_window_hours * 3600)),
+            missed_call_window_s=self.missed_call_minutes * 60,
             max_age_s=self.trigger_max_age_hours * 3600 or None,
         )
 

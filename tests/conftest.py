@@ -16,10 +16,12 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from identity import CrmInfo, IdentityGraph, ResolutionPolicy, Touch, TouchType, Utm
+from identity.graph import ApplyResult
 from identity.touch import AttributeValue
+from identity.triggers import MissedCall
 from streams.embedded import ChildServer, start_broker, start_redis
 from streams.lookup_api import ApiConfig, create_lookup_app
-from streams.redis_store import RedisIdentityStore
+from streams.redis_store import RedisIdentityStore, Snapshot
 from streams.settings import Settings
 from tests.e2e import Deployment
 
@@ -66,6 +68,38 @@ def ids(*pairs: Sequence[str]) -> frozenset[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------- real servers
+
+
+class StoreWrapper:
+    """The real store behind a test's fault injection: subclasses override one step, the rest goes through."""
+
+    def __init__(self, store: RedisIdentityStore) -> None:
+        self.store = store
+
+    @property
+    def largest_component(self) -> int:
+        return self.store.largest_component
+
+    def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
+        return self.store.apply_batch(touches)
+
+    def snapshot(self, profile_ids: Sequence[str], extra_versions: int = 0) -> Snapshot:
+        return self.store.snapshot(profile_ids, extra_versions)
+
+    def unfired(self, trigger_ids: Sequence[str]) -> set[str]:
+        return self.store.unfired(trigger_ids)
+
+    def mark_fired(self, trigger_ids: Sequence[str]) -> None:
+        self.store.mark_fired(trigger_ids)
+
+    def add_pending(self, calls: Sequence[MissedCall]) -> None:
+        self.store.add_pending(calls)
+
+    def due_pending(self, now: float, limit: int = 200) -> list[MissedCall]:
+        return self.store.due_pending(now, limit)
+
+    def drop_pending(self, event_ids: Sequence[str]) -> None:
+        self.store.drop_pending(event_ids)
 
 
 def http_server(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:

@@ -12,11 +12,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from identity import ApplyResult, Touch
 from schemas import ProfileUpdate
 from streams.crm_mirror import Mirror
 from streams.processor import Inbound, Outbound, Processor
 from streams.redis_store import RedisIdentityStore, Snapshot
+from tests.conftest import StoreWrapper
 from tests.e2e import unique, wire
 from tests.test_graph_properties import random_events
 from tests.test_processor import event, inbound
@@ -96,28 +96,16 @@ def test_a_merge_re_homes_deals_and_a_late_update_of_a_retired_id_is_ignored() -
     assert mirror.deals()["deal-1"] == "p_old"
 
 
-class MeanwhileBeforeSnapshot:
+class MeanwhileBeforeSnapshot(StoreWrapper):
     """The real store, where another worker's batch runs between this worker's apply and its snapshot."""
 
     def __init__(self, store: RedisIdentityStore, meanwhile: Callable[[], None]) -> None:
-        self.store, self.meanwhile = store, meanwhile
-
-    @property
-    def largest_component(self) -> int:
-        return self.store.largest_component
-
-    def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
-        return self.store.apply_batch(touches)
+        super().__init__(store)
+        self.meanwhile = meanwhile
 
     def snapshot(self, profile_ids: Sequence[str], extra_versions: int = 0) -> Snapshot:
         self.meanwhile()
         return self.store.snapshot(profile_ids, extra_versions)
-
-    def unfired(self, trigger_ids: Sequence[str]) -> set[str]:
-        return self.store.unfired(trigger_ids)
-
-    def mark_fired(self, trigger_ids: Sequence[str]) -> None:
-        self.store.mark_fired(trigger_ids)
 
 
 def test_a_survivor_merged_away_by_another_worker_still_announces_what_it_absorbed(redis_client: redis.Redis) -> None:

@@ -13,7 +13,8 @@ import redis
 from identity import ApplyResult, Touch
 from schemas import DeadLetter, IdentityChange, ProfileUpdate
 from streams.processor import Inbound, Outbound, Processor
-from streams.redis_store import RedisIdentityStore, Snapshot
+from streams.redis_store import RedisIdentityStore
+from tests.conftest import StoreWrapper
 
 
 def event(eid: str, minute: int, *ids: tuple[str, str], type: str = "site_visit", **extra: Any) -> bytes:
@@ -133,29 +134,17 @@ def test_a_redelivered_batch_changes_nothing_but_re_emits_current_profiles(store
     assert on(again, "identity.changes") == []
 
 
-class FailsOn:
+class FailsOn(StoreWrapper):
     """The real store, with one event that makes the store fail (fault injection, not a fake)."""
 
     def __init__(self, store: RedisIdentityStore, poison: str) -> None:
-        self.store, self.poison = store, poison
-
-    @property
-    def largest_component(self) -> int:
-        return self.store.largest_component
+        super().__init__(store)
+        self.poison = poison
 
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         if any(t.event_id == self.poison for t in touches):
             raise redis.ResponseError("script failed")
         return self.store.apply_batch(touches)
-
-    def snapshot(self, profile_ids: Sequence[str], extra_versions: int = 0) -> Snapshot:
-        return self.store.snapshot(profile_ids, extra_versions)
-
-    def unfired(self, trigger_ids: Sequence[str]) -> set[str]:
-        return self.store.unfired(trigger_ids)
-
-    def mark_fired(self, trigger_ids: Sequence[str]) -> None:
-        self.store.mark_fired(trigger_ids)
 
 
 def test_a_poison_event_is_dead_lettered_and_the_rest_of_its_batch_applies(store: RedisIdentityStore) -> None:

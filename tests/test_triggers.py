@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from identity.triggers import TriggerRules
 from schemas import Trigger
 from streams.processor import Inbound, Outbound, Processor
 from streams.redis_store import RedisIdentityStore
+from tests.e2e import Deployment, wait_for
 
 NOW = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
 PHONE = ("phone", "8 (916) 123-45-67")
@@ -152,3 +155,83 @@ def test_trigger_rules_are_checked_when_configured() -> None:
         TriggerRules(enabled=frozenset({"birthday"}))
     with pytest.raises(ConfigurationError, match="positive"):
         TriggerRules(lead_thresholds=(0,))
+
+
+# ----------------------------------------------------------------------------- missed calls
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def call(eid: str, minutes: float, status: str, phone: tuple[str, str] = PHONE) -> bytes:
+    return event(eid, NOW + timedelta(minutes=minutes), phone, type="call", call={"status": status, "wait_s": 40})
+
+
+def due(processor: Processor) -> list[Trigger]:
+    out, decided = processor.due()
+    processor.settle(out, decided)
+    return triggers(out)
+
+
+def test_a_missed_call_nobody_returned_fires_once_its_window_has_passed(store: RedisIdentityStore) -> None:
+    clock = Clock(NOW)
+    processor = Processor(store, rules=TriggerRules(missed_call_window_s=30 * 60), clock=clock)
+    processor.process([Inbound(call("m1", 0, "missed"), "touches.calls", 0, 0)])
+    clock.now = NOW + timedelta(minutes=29)
+    assert due(processor) == []  # the window is still open
+    clock.now = NOW + timedelta(minutes=31)
+    (fired,) = due(processor)
+    assert (fired.rule, fired.event_id) == ("missed_call_not_returned", "m1")
+    assert fired.data["within_minutes"] == 30
+    assert fired.data["wait_s"] == 40
+    assert fired.profile["profile_id"] == fired.profile_id  # the screen-pop card, for the call-back
+    assert due(processor) == []  # decided: never again
+    # a redelivered batch adds the call again; its trigger has fired, so nothing more
+    processor.process([Inbound(call("m1", 0, "missed"), "touches.calls", 0, 0)])
+    assert due(processor) == []
+
+
+def test_a_missed_call_answered_back_in_time_fires_nothing(store: RedisIdentityStore) -> None:
+    clock = Clock(NOW)
+    processor = Processor(store, rules=TriggerRules(missed_call_window_s=30 * 60), clock=clock)
+    processor.process([Inbound(call("m1", 0, "missed"), "touches.calls", 0, 0)])
+    processor.process([Inbound(call("a1", 12, "answered"), "touches.calls", 0, 1)])  # the call center called back
+    processor.process([Inbound(call("m2", 5, "missed", ("phone", "+7 916 000-11-22")), "touches.calls", 0, 2)])
+    processor.process([Inbound(call("a2", 50, "answered", ("phone", "+7 916 000-11-22")), "touches.calls", 0, 3)])
+    clock.now = NOW + timedelta(hours=2)
+    fired = due(processor)
+    assert [t.event_id for t in fired] == ["m2"]  # returned after 45 minutes: too late for a 30-minute promise
+
+
+def test_the_missed_call_trigger_can_be_turned_off(store: RedisIdentityStore) -> None:
+    clock = Clock(NOW)
+    rules = TriggerRules(enabled=frozenset({"stage_changed"}))
+    processor = Processor(store, rules=rules, clock=clock)
+    processor.process([Inbound(call("m1", 0, "missed"), "touches.calls", 0, 0)])
+    clock.now = NOW + timedelta(hours=2)
+    assert processor.due() == ([], [])
+
+
+def test_a_worker_fires_for_a_missed_call_once_its_window_has_passed(
+    kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Through a real worker: the call happened two minutes ago, the window is one minute, the check runs each
+    second; the trigger comes out on the topic once."""
+    deployment = Deployment(kafka, redis_url, tmp_path, partitions=1)
+    try:
+        deployment.start_worker(IDSTREAM_MISSED_CALL_MINUTES="1", IDSTREAM_MISSED_CALL_CHECK_S="1")
+        moment = datetime.now(UTC) - timedelta(minutes=2)
+        deployment.produce([event("late-1", moment, PHONE, type="call", call={"status": "missed"})])
+        topic = deployment.settings.triggers_topic
+        fired = wait_for(lambda: [Trigger.model_validate_json(v) for _, v in deployment.read(topic) if v], 60,
+                         "the missed-call trigger")  # fmt: skip
+        assert [(t.rule, t.event_id) for t in fired] == [("missed_call_not_returned", "late-1")]
+        time.sleep(3)  # more checks: still once
+        assert len([v for _, v in deployment.read(topic) if v]) == 1
+    finally:
+        deployment.stop()
