@@ -29,7 +29,7 @@ warehouse (reports), so the two never disagree.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from identity.errors import ConfigurationError
@@ -40,8 +40,10 @@ __all__ = [
     "LEAD_TYPES",
     "MARKETING_TYPES",
     "MODELS",
+    "NO_RULES",
     "Channel",
     "ChannelRanks",
+    "ChannelRules",
     "Credits",
     "Model",
     "PathStep",
@@ -115,16 +117,37 @@ def tracking_key(number: str) -> str:
     return digits[-10:]
 
 
-def channel_of(touch: Touch, tracking: Mapping[str, Channel] | None = None) -> Channel | None:
+@dataclass(frozen=True, slots=True)
+class ChannelRules:
+    """The operator's part of channel rules: tracking numbers (:func:`tracking_key` -> channel) and the declared
+    event types that are marketing touches, leads, or contacts of the person at all (see the policy)."""
+
+    tracking: Mapping[str, Channel] = field(default_factory=dict)
+    marketing: frozenset[str] = frozenset()
+    leads: frozenset[str] = frozenset()
+    contacts: frozenset[str] = frozenset()
+
+    def is_contact(self, touch_type: TouchType) -> bool:
+        return touch_type.value in self.contacts
+
+    def is_lead(self, touch_type: TouchType) -> bool:
+        return touch_type in LEAD_TYPES or touch_type.value in self.leads
+
+
+NO_RULES: Final = ChannelRules()
+
+
+def channel_of(touch: Touch, rules: ChannelRules | None = None) -> Channel | None:
     """The channel of a marketing touch; None for touches that are not marketing touches. A call without UTM tags
-    takes the channel of the number it dialled (``tracking``: :func:`tracking_key` -> channel), if known."""
-    if touch.type not in MARKETING_TYPES:
+    takes the channel of the number it dialled (``rules.tracking``), if known."""
+    rules = rules or NO_RULES
+    if touch.type not in MARKETING_TYPES and touch.type.value not in rules.marketing:
         return None
     if touch.type is TouchType.EMAIL_EVENT and touch.attributes.get("action") != "click":
         return None  # a mail sent or opened brought nobody anywhere; its click did
     utm = touch.utm
-    if utm is None and tracking and touch.call is not None and touch.call.tracking_number:
-        found = tracking.get(tracking_key(touch.call.tracking_number))
+    if utm is None and rules.tracking and touch.call is not None and touch.call.tracking_number:
+        found = rules.tracking.get(tracking_key(touch.call.tracking_number))
         if found is not None:
             return found
     return DIRECT if utm is None else Channel.of(utm.source, utm.medium, utm.campaign)

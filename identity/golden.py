@@ -18,14 +18,23 @@ from __future__ import annotations
 import bisect
 import functools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson  # reading profiles (the lookup API's hot path) decodes every stored view
 
-from identity.attribution import LEAD_TYPES, Channel, ChannelRanks, PathStep, attribute_all, channel_of, credits_view
+from identity.attribution import (
+    NO_RULES,
+    Channel,
+    ChannelRanks,
+    ChannelRules,
+    PathStep,
+    attribute_all,
+    channel_of,
+    credits_view,
+)
 from identity.policy import ResolutionPolicy
 from identity.touch import KEY_TIME_DIGITS, AttributeValue, Touch, TouchType, key_text
 
@@ -131,7 +140,7 @@ class Golden:
         *,
         points: int = 0,
         path_keep: int = 0,
-        tracking: Mapping[str, Channel] | None = None,
+        rules: ChannelRules | None = None,
     ) -> None:
         """Fold one touch in. ``trust`` ranks its attribute values; ``keep`` bounds ``recent``;
         ``points`` is what the touch adds to the lead score; ``path_keep`` bounds the attribution path."""
@@ -152,12 +161,12 @@ class Golden:
             created = self.created.get(crm.deal_id)
             if created is None or key < created:
                 self.created[crm.deal_id] = key
-        if touch.type not in _CONTACT_TYPES:
+        if touch.type not in _CONTACT_TYPES and not (rules and rules.is_contact(touch.type)):
             return
-        channel = channel_of(touch, tracking)
+        channel = channel_of(touch, rules)
         if channel is not None:
             self._step(key, channel, path_keep)
-            if touch.type in LEAD_TYPES and (self.lead is None or key < self.lead):
+            if (rules or NO_RULES).is_lead(touch.type) and (self.lead is None or key < self.lead):
                 self.lead = key
         counts = self.counts
         counts[touch.type] = counts.get(touch.type, 0) + 1
@@ -265,7 +274,7 @@ def _attribute_view(value: AttributeValue, touch: Touch) -> dict[str, Any]:
 
 
 def contribution(
-    touch: Touch, key: EventKey, trust: int, points: int = 0, tracking: Mapping[str, Channel] | None = None
+    touch: Touch, key: EventKey, trust: int, points: int = 0, rules: ChannelRules | None = None
 ) -> dict[str, Any]:
     """What one touch adds to the aggregate of its strongest identifier, in the store-neutral form."""
     key_str = key_text(key)
@@ -278,11 +287,11 @@ def contribution(
         out["pts"] = points
     if touch.crm is not None:
         out["deal"] = [touch.crm.deal_id, _dumps(_deal_view(touch))]
-    if touch.type in _CONTACT_TYPES:
-        channel = channel_of(touch, tracking)
+    if touch.type in _CONTACT_TYPES or (rules and rules.is_contact(touch.type)):
+        channel = channel_of(touch, rules)
         if channel is not None:
             out["ch"] = [channel.source, channel.medium, channel.campaign]
-            if touch.type in LEAD_TYPES:
+            if (rules or NO_RULES).is_lead(touch.type):
                 out["lead"] = 1
         out["type"] = touch.type.value
         out["view"] = _dumps(_touch_view(touch))
@@ -533,9 +542,9 @@ class Stored:
         *,
         points: int = 0,
         path_keep: int = 0,
-        tracking: Mapping[str, Channel] | None = None,
+        rules: ChannelRules | None = None,
     ) -> None:
-        self.fold(contribution(touch, key, trust, points, tracking), keep, path_keep)
+        self.fold(contribution(touch, key, trust, points, rules), keep, path_keep)
 
     def fold(self, c: dict[str, Any], keep: int, path_keep: int) -> None:
         """Fold one contribution (see :func:`contribution`) in."""

@@ -53,12 +53,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple, Protocol
 
-from identity.attribution import Channel
+from identity.attribution import ChannelRules
 from identity.errors import UnsupportedEvent
 from identity.explain import EvidenceRecord, GroupView
 from identity.golden import Golden, render
@@ -85,6 +85,16 @@ ChangeKind = Literal["created", "updated", "merged", "split", "erased"]
 Status = Literal["applied", "reordered", "duplicate", "unresolved"]
 #: Types the graph applies: evidence, manual corrections and erasure.
 APPLIED_TYPES = LINKING_TYPES | {TouchType.IDENTITY_UNLINK, TouchType.ERASE_REQUEST}
+
+
+def unsupported(touch: Touch) -> str:
+    """Why a touch of a type the engine does not apply is refused."""
+    return (
+        f"event type {touch.type.value!r} is neither built in nor declared (IDSTREAM_EVENT_TYPES declares types "
+        "of your own)"
+    )
+
+
 #: The key the in-memory graph hashes erased identifiers with when none is given (tests, demos).
 DEFAULT_ERASURE_KEY = b"idstream-development-erasure-key"
 EventKey = tuple[int, str]
@@ -234,7 +244,7 @@ class Aggregate(Protocol):
         *,
         points: int = 0,
         path_keep: int = 0,
-        tracking: Mapping[str, Channel] | None = None,
+        rules: ChannelRules | None = None,
     ) -> None: ...
 
     def serialize(self) -> dict[str, Any]: ...
@@ -460,8 +470,10 @@ class IdentityGraph:
             fingerprint, source = first
             reused = source if fingerprint != touch.fingerprint else None
             return ApplyResult(eid, "duplicate", self._primary_of(touch), reused_by=reused)
-        if touch.type not in APPLIED_TYPES:
-            raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
+        if not self.policy.applies(touch.type):
+            raise UnsupportedEvent(unsupported(touch))
+        if normalized is None:  # a store passes touches it prepared, with their identifiers normalized
+            touch = self.policy.prepare(touch)
         accepted, rejected = normalized or self.normalizer.normalize_many(touch.identifiers)
         self._seen[eid] = (touch.fingerprint, touch.source[:200])
         bad = tuple(rejected)
@@ -651,8 +663,8 @@ class IdentityGraph:
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         """Apply touches in order (see :class:`identity.store.IdentityStore`)."""
         for touch in touches:
-            if touch.type not in APPLIED_TYPES:
-                raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
+            if not self.policy.applies(touch.type):
+                raise UnsupportedEvent(unsupported(touch))
         return [self.apply(t) for t in touches]
 
     def lookup(self, ident: Identifier) -> str | None:
@@ -798,7 +810,7 @@ class IdentityGraph:
             policy.recent_touches,
             points=policy.points(touch),
             path_keep=policy.attribution_touches,
-            tracking=policy.tracking,
+            rules=policy.channel_rules,
         )
 
     def _root_at(self, node: Identifier, key: EventKey) -> Identifier:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
-from identity.attribution import Channel, ChannelRanks, tracking_channels
+from identity.attribution import Channel, ChannelRanks, ChannelRules, tracking_channels
 from identity.errors import ConfigurationError
 from identity.normalize import DEFAULT_CRM_SYSTEMS, Identifier, validate_prefix_names
-from identity.touch import Touch, TouchType
+from identity.touch import DECLARED_TYPE_NAME, LINKING_TYPES, CrmInfo, Touch, TouchType
 
 __all__ = [
     "DEFAULT_KIND_PRIORITY",
@@ -117,6 +119,13 @@ DEFAULT_TYPE_TRUST: Mapping[str, int] = MappingProxyType(
     }
 )
 
+#: The flags of an operator-declared event type, and their defaults.
+_EVENT_FLAGS: Mapping[str, bool] = MappingProxyType(
+    {"links": True, "marketing": False, "lead": False, "conversion": False}
+)
+#: Types the engine knows without configuration.
+BUILT_IN_TYPES: frozenset[TouchType] = frozenset(LINKING_TYPES | {TouchType.IDENTITY_UNLINK, TouchType.ERASE_REQUEST})
+
 #: Lead-score points per action. A key is ``TYPE`` (every touch of that type), ``TYPE:ATTRIBUTE``
 #: (touches whose attribute is present and not empty, e.g. a visit of a project page) or
 #: ``TYPE:ATTRIBUTE=VALUE``; a touch scores the sum of every key it matches.
@@ -199,8 +208,15 @@ class ResolutionPolicy:
     #: call without UTM tags takes the channel of the number it dialled.
     tracking_numbers: Mapping[str, str] = field(default_factory=dict)
     tracking: Mapping[str, Channel] = field(init=False, repr=False, compare=False)
+    #: Event types of the operator's own (``{"webinar": {"marketing": true, "lead": true}}``), each with flags:
+    #: ``links`` (its identifiers are one person's; default true: false attaches the touch to the person of its
+    #: strongest identifier only), ``marketing`` (a step of the attribution path), ``lead`` (a first one makes
+    #: the person a lead), ``conversion`` (a won deal of its own: ``attributes.amount``, ``attributes.order_id``).
+    event_types: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
+    channel_rules: ChannelRules = field(init=False, repr=False, compare=False)
     ranks: ChannelRanks = field(init=False, repr=False, compare=False)
     _point_rules: tuple[tuple[str, str | None, str | None, int], ...] = field(init=False, repr=False, compare=False)
+    _declared: Mapping[str, Mapping[str, bool]] = field(init=False, repr=False, compare=False)
     #: Caches of :meth:`limit_key` and :meth:`limit` (not part of the value: equality and hashing ignore them).
     _system_keys: dict[str, str] = field(init=False, repr=False, compare=False)
     _value_keys: dict[str, str] = field(init=False, repr=False, compare=False)
@@ -239,11 +255,50 @@ class ResolutionPolicy:
             raise ConfigurationError(f"hub_group_size must be at least 8, got {self.hub_group_size}")
         object.__setattr__(self, "ranks", ChannelRanks(self.channel_ranks))
         object.__setattr__(self, "tracking", tracking_channels(self.tracking_numbers))
+        for name, flags in self.event_types.items():
+            if not DECLARED_TYPE_NAME.fullmatch(name) or name in {t.value for t in TouchType}:
+                raise ConfigurationError(
+                    f"event type {name!r}: a new name of 2-32 lower-case letters, digits and _ (not a built-in type)"
+                )
+            unknown = sorted(set(flags) - set(_EVENT_FLAGS))
+            if unknown or not all(isinstance(v, bool) for v in flags.values()):
+                raise ConfigurationError(f"event type {name!r}: flags are {', '.join(_EVENT_FLAGS)} (true or false)")
+        declared = {name: {**_EVENT_FLAGS, **flags} for name, flags in self.event_types.items()}
+        channel_rules = ChannelRules(
+            self.tracking,
+            frozenset(n for n, f in declared.items() if f["marketing"]),
+            frozenset(n for n, f in declared.items() if f["lead"]),
+            frozenset(declared),
+        )
+        object.__setattr__(self, "channel_rules", channel_rules)
+        object.__setattr__(self, "_declared", declared)
         rules = tuple((*_parse_point_rule(rule), points) for rule, points in sorted(self.lead_points.items()))
         object.__setattr__(self, "_point_rules", rules)
         object.__setattr__(self, "_system_keys", {system: f"{_CRM}:{system}" for system in self.crm_systems})
         object.__setattr__(self, "_value_keys", {})
         object.__setattr__(self, "_class_limits", {})
+
+    def applies(self, touch_type: TouchType) -> bool:
+        """Is this type one the engine applies: built in, or declared by the operator?"""
+        return touch_type in BUILT_IN_TYPES or touch_type.value in self._declared
+
+    def prepare(self, touch: Touch) -> Touch:
+        """A touch of a declared type as the engine takes it (idempotent; any other touch as it is): without
+        links, only its strongest identifier; a conversion, a won deal of its own."""
+        flags = self._declared.get(touch.type.value)
+        if flags is None:
+            return touch
+        changes: dict[str, Any] = {}
+        if not flags["links"] and len(touch.identifiers) > 1:
+            strongest = min(touch.identifiers, key=lambda pair: self.kind_rank(pair[0]))
+            changes["identifiers"] = (strongest,)
+        if flags["conversion"] and touch.crm is None:
+            amount = touch.attributes.get("amount")
+            order = touch.attributes.get("order_id")
+            value = float(amount) if isinstance(amount, int | float) and not isinstance(amount, bool) else None
+            deal = f"{touch.type.value}:{order if isinstance(order, str) and order else touch.event_id}"
+            changes["crm"] = CrmInfo(deal[:128], "won", None, touch.type.value, value)
+        return dataclasses.replace(touch, **changes) if changes else touch
 
     def limit_key(self, ident: Identifier) -> str:
         """The class ``ident`` counts in against :attr:`limits`.

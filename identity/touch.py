@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from identity.errors import InvalidInput
 
 __all__ = [
     "CALL_STATUSES",
+    "DECLARED_TYPE_NAME",
     "EMAIL_ACTIONS",
     "KEY_TIME_DIGITS",
     "LINKING_TYPES",
@@ -50,6 +52,21 @@ class TouchType(StrEnum):
     EMAIL_EVENT = "email_event"  # an e-mail sent, opened or clicked (attributes.action, utm.campaign)
     PURCHASE = "purchase"  # a sale in 1C or an ERP (purchase: order_id, amount, currency, items)
     OFFLINE_VISIT = "offline_visit"  # a visit to a showroom or an office
+
+    @classmethod
+    def _missing_(cls, value: object) -> TouchType | None:
+        """An operator-declared type (``IDSTREAM_EVENT_TYPES``): a pseudo-member, not kept (any name the wire
+        format allows decodes; the engine applies only the declared ones)."""
+        if isinstance(value, str) and DECLARED_TYPE_NAME.fullmatch(value):
+            member = str.__new__(cls, value)
+            member._name_ = value.upper()
+            member._value_ = value
+            return member
+        return None
+
+
+#: The name an operator may give a type of their own.
+DECLARED_TYPE_NAME: Final = re.compile(r"[a-z][a-z0-9_]{1,31}")
 
 
 #: Types whose identifiers are evidence that they belong to one person.

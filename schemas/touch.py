@@ -211,7 +211,18 @@ class TouchEvent(_Open):
     event_id: EventId = Field(
         description="Unique per touch, no control characters; a repeated event_id is a redelivery."
     )
-    type: TouchType
+    type: Annotated[
+        TouchType,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"enum": [t.value for t in TouchType]},
+                    {"type": "string", "pattern": "^[a-z][a-z0-9_]{1,31}$",
+                     "description": "A type the operator declared (IDSTREAM_EVENT_TYPES); others are dead-lettered."},
+                ]
+            }
+        ),
+    ]  # fmt: skip
     occurred_at: WrittenTime = Field(description="ISO-8601 with a UTC offset, from 2000 to 2199.")
     source: Annotated[StrictStr, StringConstraints(min_length=1, max_length=64)] = Field(
         description="The producing system: site, calltouch, amocrm, ..."

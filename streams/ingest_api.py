@@ -174,7 +174,7 @@ async def touches_endpoint(request: web.Request) -> web.Response:
             error = {"code": "invalid_json", "message": f"line {item.line} is not valid JSON: {item.reason}"}
             answers.append({"index": index, "event_id": None, "status": "invalid", "error": error})
             continue
-        decoded = _decoded(item, now, skew)
+        decoded = _decoded(item, now, skew, config.policy)
         if isinstance(decoded, IdstreamError):
             answers.append(_invalid_item(index, item, decoded.to_dict()))
             continue
@@ -269,7 +269,7 @@ async def hook_endpoint(request: web.Request) -> web.Response:
     skew = timedelta(seconds=config.max_future_skew) if config.max_future_skew is not None else None
     accepted: list[tuple[int, Touch, bytes]] = []
     for index, event in enumerate(mapped_events):
-        decoded = _decoded(event, now, skew)
+        decoded = _decoded(event, now, skew, config.policy)
         if isinstance(decoded, IdstreamError):  # our mapping produced what the decoder refuses: the vendor's data
             error = {**decoded.to_dict(), "source": source}
             kept = await _dead_letter(request, source, error, raw + _query_note(request))

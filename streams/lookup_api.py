@@ -63,7 +63,7 @@ from identity import (
 )
 from identity.card import screen_pop, summary
 from identity.explain import explain
-from identity.graph import APPLIED_TYPES, DEFAULT_ERASURE_KEY
+from identity.graph import DEFAULT_ERASURE_KEY, unsupported
 from schemas import InvalidMessage, decode_touch
 from schemas.api import MAX_CANDIDATES, MAX_PREVIEW, MAX_VALUE, BatchLookupRequest, openapi
 from schemas.errors import field_path
@@ -477,13 +477,13 @@ def _identifier(ident: Identifier) -> dict[str, str]:
     return {"kind": ident.kind, "value": ident.value}
 
 
-def _decoded(item: Any, now: datetime, skew: timedelta | None) -> Touch | IdstreamError:
+def _decoded(item: Any, now: datetime, skew: timedelta | None, policy: ResolutionPolicy) -> Touch | IdstreamError:
     """One item of a preview decoded as the worker decodes a message (``Processor._decode``): the wire decoder,
     the applied types, and no event dated past the worker's clock skew; or why it would be a dead letter."""
     try:
         touch = decode_touch(orjson.dumps(item)).to_touch()
-        if touch.type not in APPLIED_TYPES:
-            raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version")
+        if not policy.applies(touch.type):
+            raise UnsupportedEvent(unsupported(touch))
         if skew is not None and touch.occurred_at > now + skew:
             raise InvalidMessage.single(
                 "occurred_at",
@@ -602,7 +602,7 @@ async def preview_endpoint(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
 
     def previewed() -> tuple[list[Touch | IdstreamError], Preview]:  # decoding and resolving: off the event loop
-        decoded = [_decoded(item, now, skew) for item in items]
+        decoded = [_decoded(item, now, skew, config.policy) for item in items]
         with mapped("preview"):
             return decoded, store.preview([t for t in decoded if isinstance(t, Touch)])
 

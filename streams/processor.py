@@ -18,10 +18,19 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel
 
-from identity import ApplyResult, ConfigurationError, IdstreamError, Touch, TouchType, TransientError, UnsupportedEvent
+from identity import (
+    ApplyResult,
+    ConfigurationError,
+    IdstreamError,
+    ResolutionPolicy,
+    Touch,
+    TouchType,
+    TransientError,
+    UnsupportedEvent,
+)
 from identity.card import screen_pop
 from identity.golden import fit
-from identity.graph import APPLIED_TYPES, ChangeKind, manual_note
+from identity.graph import ChangeKind, manual_note, unsupported
 from identity.triggers import Candidate, MissedCall, TriggerRules, candidates, missed_call, not_returned
 from schemas import DeadLetter, IdentityChange, InvalidMessage, ProfileUpdate, Trigger, decode_touch
 from streams.observe import DEAD_LETTERS, BatchStats
@@ -69,6 +78,10 @@ class ProfileSource(Protocol):
     def unfired(self, trigger_ids: Sequence[str]) -> set[str]: ...
 
     def mark_fired(self, trigger_ids: Sequence[str]) -> None: ...
+
+    @property
+    def policy(self) -> ResolutionPolicy:
+        """The rules it resolves by (which event types it applies, among them)."""
 
     def add_pending(self, calls: Sequence[MissedCall]) -> None: ...
 
@@ -251,8 +264,8 @@ class Processor:
         for msg in batch:
             try:
                 touch = decode_touch(msg.value or b"").to_touch()
-                if touch.type not in APPLIED_TYPES:
-                    raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version")
+                if not self.store.policy.applies(touch.type):
+                    raise UnsupportedEvent(unsupported(touch))
                 if horizon is not None and touch.occurred_at > horizon:
                     raise InvalidMessage.single(
                         "occurred_at",

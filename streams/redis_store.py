@@ -67,7 +67,7 @@ from identity import (
 )
 from identity.explain import GroupView
 from identity.golden import Stored
-from identity.graph import APPLIED_TYPES, DEFAULT_ERASURE_KEY, erasure_hash
+from identity.graph import DEFAULT_ERASURE_KEY, erasure_hash, unsupported
 from identity.touch import key_text
 from identity.triggers import MissedCall
 from streams.redis_errors import mapped
@@ -388,8 +388,9 @@ class RedisIdentityStore:
 
     def _prepare(self, touch: Touch) -> _Prepared:
         """A touch checked as the store takes it, with its identifiers normalized; raises for one it refuses."""
-        if touch.type not in APPLIED_TYPES:
-            raise UnsupportedEvent(f"event type {touch.type.value!r} is not applied by this version of the core")
+        if not self.policy.applies(touch.type):
+            raise UnsupportedEvent(unsupported(touch))
+        touch = self.policy.prepare(touch)
         if touch.key[0] < 0:
             raise InvalidInput(f"event {touch.event_id!r} occurred before 1970")
         if _CONTROL.search(touch.event_id):

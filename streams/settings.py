@@ -159,6 +159,11 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_SHARED_CLUSTERS),
         description="...or, when nobody claimed it beside their own identifiers, with more clusters (JSON).",
     )
+    event_types: dict[str, dict[str, bool]] = Field(
+        default_factory=dict,
+        description='Event types of your own (JSON: {"webinar": {"marketing": true, "lead": true}}), each with flags '
+        "links (default true), marketing, lead, conversion (a won deal: attributes.amount, attributes.order_id).",
+    )
     tracking_numbers: dict[str, str] = Field(
         default_factory=dict,
         description='Call-tracking numbers and their channels (JSON: {"+7 495 123-45-67": "yandex/cpc/brand"}): a '
@@ -402,6 +407,7 @@ class Settings(BaseSettings):
             shared_clusters=dict(self.shared_clusters),
             shared_devices=dict(self.shared_devices),
             tracking_numbers=dict(self.tracking_numbers),
+            event_types={name: dict(flags) for name, flags in self.event_types.items()},
             number_type_weights=dict(self.number_type_weights),
             channel_ranks=dict(self.channel_ranks),
             attribution_touches=self.attribution_touches,

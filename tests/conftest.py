@@ -80,6 +80,10 @@ class StoreWrapper:
     def largest_component(self) -> int:
         return self.store.largest_component
 
+    @property
+    def policy(self) -> ResolutionPolicy:
+        return self.store.policy
+
     def apply_batch(self, touches: Sequence[Touch]) -> list[ApplyResult]:
         return self.store.apply_batch(touches)
 

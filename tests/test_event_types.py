@@ -9,7 +9,7 @@ import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from identity import CrmInfo, IdentityGraph, TouchType, Utm
+from identity import CrmInfo, IdentityGraph, ResolutionPolicy, TouchType, Utm
 from schemas import InvalidMessage, TouchEvent, decode_touch
 from sinks.warehouse.report import channel_report
 from tests.conftest import touch
@@ -89,3 +89,64 @@ def test_the_channel_report_credits_a_purchase(redis_client: redis.Redis, wareho
     (row,) = [r for r in report.rows if r.source == "yandex"]
     assert (row.won_deals, row.revenue) == (1.0, 5000.0)
     assert TouchType.PURCHASE.value == "purchase"
+
+
+# ----------------------------------------------------------------------------- the operator's own types
+
+DECLARED = {
+    "webinar": {"marketing": True, "lead": True},
+    "loyalty_scan": {"links": False},
+    "kiosk_sale": {"conversion": True},
+}
+
+
+def test_declared_types_link_lead_convert_or_only_attach_as_their_flags_say() -> None:
+    graph = IdentityGraph(ResolutionPolicy(event_types=DECLARED))
+    graph.apply_many(
+        [
+            touch("w1", 0, PHONE, ("email", "anna.s@mail.ru"), type="webinar", source="webinar_ru",
+                  utm=Utm("telegram", "post", "webinar_nov")),
+            # a shop's loyalty card scanner saw the card beside a phone someone typed: attach, do not link
+            touch("l1", 10, ("email", "anna.s@mail.ru"), ("phone", "+7 916 000-00-99"), type="loyalty_scan"),
+            touch("k1", 20, PHONE, type="kiosk_sale", attributes={"amount": 3500, "order_id": "K-5"}),
+        ]
+    )  # fmt: skip
+    person = graph.lookup_raw(*PHONE)
+    assert person is not None
+    assert graph.lookup_raw("email", "anna.s@mail.ru") == person
+    assert graph.lookup_raw("phone", "+7 916 000-00-99") is None  # the scan linked nothing
+    profile = graph.profile(person)
+    assert profile is not None
+    assert profile["touch_counts"] == {"kiosk_sale": 1, "loyalty_scan": 1, "webinar": 1}
+    assert profile["attribution"]["lead_at"] is not None
+    assert [s["campaign"] for s in profile["attribution"]["models"]["first"]] == ["webinar_nov"]
+    deal = profile["deals"]["kiosk_sale:K-5"]
+    assert (deal["status"], deal["amount"]) == ("won", 3500.0)
+
+
+def test_an_undeclared_type_decodes_and_is_a_dead_letter_naming_the_setting(redis_client: redis.Redis) -> None:
+    import uuid
+
+    from streams.processor import Inbound, Processor
+    from streams.redis_store import RedisIdentityStore
+
+    store = RedisIdentityStore(redis_client, prefix=f"types-{uuid.uuid4().hex[:8]}")
+    value = wire(type="webinar", source="webinar_ru")
+    assert decode_touch(value).to_touch().type.value == "webinar"
+    (letter,) = Processor(store).process([Inbound(value, "touches.site", 0, 0)])
+    assert letter.topic == "touches.dlq"
+    assert "IDSTREAM_EVENT_TYPES" in json.loads(letter.value or b"{}")["error"]["message"]
+    declared = RedisIdentityStore(redis_client, ResolutionPolicy(event_types=DECLARED), prefix=store.prefix)
+    out = Processor(declared).process([Inbound(value, "touches.site", 0, 1)])
+    assert [o.topic for o in out if o.topic == "touches.dlq"] == []
+
+
+@pytest.mark.parametrize(
+    "types",
+    [{"call": {"lead": True}}, {"Webinar": {}}, {"webinar": {"paid": True}}, {"webinar": {"lead": "yes"}}],
+)
+def test_a_bad_declaration_is_refused_with_its_name(types: dict[str, Any]) -> None:
+    from identity import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="event type"):
+        ResolutionPolicy(event_types=types)

@@ -71,7 +71,7 @@ def test_unknown_fields_are_kept_at_every_level() -> None:
         ({"event_id": "a\x1eb"}, ("event_id", "string_pattern_mismatch")),
         ({"occurred_at": "1969-12-31T23:00:00+00:00"}, ("occurred_at", "value_error")),
         ({"occurred_at": "2500-01-01T00:00:00+00:00"}, ("occurred_at", "value_error")),
-        ({"type": "pageview"}, ("type", "enum")),
+        ({"type": "Page View"}, ("type", "enum")),
         ({"occurred_at": "2026-11-02T10:15:00"}, ("occurred_at", "timezone_aware")),
         ({"occurred_at": "yesterday"}, ("occurred_at", "datetime_from_date_parsing")),
         ({"source": ""}, ("source", "string_too_short")),
@@ -188,7 +188,7 @@ def test_json_schema_agrees_with_the_models() -> None:
     validator.validate(GOOD)
     for bad in (
         {**GOOD, "identifiers": []},
-        {**GOOD, "type": "pageview"},
+        {**GOOD, "type": "Page View"},
         {k: v for k, v in GOOD.items() if k != "source"},
     ):
         assert not validator.is_valid(bad)

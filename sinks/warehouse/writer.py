@@ -242,6 +242,9 @@ class WarehouseWriter:
             touch = decode_touch(msg.value or b"").to_touch()
         except (InvalidMessage, IdstreamError):
             return  # the resolver dead-letters bad touches; counted as skipped
+        if not self.policy.applies(touch.type):
+            return  # nor does it apply types it does not know
+        touch = self.policy.prepare(touch)
         hashes = self.hashes(touch)
         if touch.type is TouchType.ERASE_REQUEST:
             if hashes:
@@ -266,7 +269,7 @@ class WarehouseWriter:
             )
             out.identified[touch.event_id] = (touch.key, hashes)
             return
-        channel = channel_of(touch, self.policy.tracking)
+        channel = channel_of(touch, self.policy.channel_rules)
         if channel is None:
             return  # manual links, unlinks and erasure requests: no history row
         utm = touch.utm
