@@ -1042,6 +1042,7 @@ class _Child:
 class _Runtime:
     found: Servers
     children: list[_Child]
+    warehouse_url: str
 
     def check(self) -> None:
         """Raise _UpFailed if any child has exited: a runtime with a dead worker or API must not look alive."""
@@ -1100,11 +1101,14 @@ def _check_redis(url: str) -> None:
 
 
 @contextlib.contextmanager
-def _runtime(settings: Settings, command: str, startup_timeout: float) -> Iterator[_Runtime]:
+def _runtime(
+    settings: Settings, command: str, startup_timeout: float, *, own_warehouse: bool = False
+) -> Iterator[_Runtime]:
     """Kafka and Redis (embedded unless configured), the topics, a worker, the lookup API, the warehouse (and
     the webhook agent). Yields once they answer, having printed their addresses (no password); if a child
     exits (during start-up or later) or does not answer in time, says which and why, stops everything, and
-    raises _UpFailed."""
+    raises _UpFailed. ``own_warehouse``: unless one is configured, a warehouse of this run's own, which lives
+    and dies with its embedded broker and Redis (a demo reports only its own persons)."""
     from streams.app import ensure_topics  # noqa: PLC0415
     from streams.embedded import ChildServer, free_port, start_broker, start_redis  # noqa: PLC0415
 
@@ -1128,6 +1132,9 @@ def _runtime(settings: Settings, command: str, startup_timeout: float) -> Iterat
         remember(settings.state_file, found)
         remembered = True
         env = {**os.environ, "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka, "IDSTREAM_REDIS_URL": redis_url}
+        warehouse_url = settings.warehouse_url
+        if own_warehouse and "warehouse_url" not in settings.model_fields_set:
+            warehouse_url = env["IDSTREAM_WAREHOUSE_URL"] = f"sqlite:///{workdir / 'warehouse.db'}"
         # a terminal, not a log pipeline: warnings as text, unless the operator asked for more
         env.setdefault("IDSTREAM_LOG_FORMAT", "text")
         env.setdefault("IDSTREAM_LOG_LEVEL", "WARNING")
@@ -1145,7 +1152,7 @@ def _runtime(settings: Settings, command: str, startup_timeout: float) -> Iterat
             children.append(_Child.start("webhook agent", ["webhooks"], env, scrub, None))
         _await_start(children, startup_timeout)
         print(f"kafka={redact_url(kafka)} redis={redact_url(redis_url)} lookup={lookup}", flush=True)
-        yield _Runtime(found, children)
+        yield _Runtime(found, children, warehouse_url)
     except _UpFailed as exc:
         print(f"idstream {command}: {exc}\nidstream {command}: stopping", file=sys.stderr, flush=True)
         raise
@@ -1204,7 +1211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     settings = Settings()
     try:
-        with _runtime(settings, "demo", args.startup_timeout) as runtime:
+        with _runtime(settings, "demo", args.startup_timeout, own_warehouse=True) as runtime:
             found = runtime.found
             stream = generate(args.persons, args.seed)
             values = [TouchEvent.from_touch(t).model_dump_json().encode() for t in stream.touches]
@@ -1252,9 +1259,60 @@ def _channels(settings: Settings, runtime: _Runtime, stream: GeneratedStream, se
     while _group_lag(found.kafka, f"{settings.app_id}-warehouse", topics) > 0 and time.monotonic() < deadline:
         runtime.check()
         time.sleep(0.5)
-    report = settings.report_settings().report(connect(settings.warehouse_url), None, None, None)
-    print(f"\nthe warehouse ({redact_url(settings.warehouse_url)}), as a BI tool sees it:\n{render(report, 'table')}")
+    report = settings.report_settings().report(connect(runtime.warehouse_url), None, None, None)
+    shown = dataclasses.replace(report, rows=report.rows[:TOUR_CHANNELS])
+    more = len(report.rows) - len(shown.rows)
+    print(f"\nthe top {len(shown.rows)} channels by revenue, from the warehouse ({redact_url(runtime.warehouse_url)}):")
+    print(render(shown, "table") + (f"  ... and {more} more channels\n" if more > 0 else ""))
     print("  idstream report channels --model linear --format csv\n  idstream report channels --plot channels.png")
+
+
+#: Channels the demo's tour shows (the report has them all).
+TOUR_CHANNELS = 10
+
+
+def _showcase(profiles: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """A person worth showing: a name, several browsers, a call and a deal, the most touches among those."""
+
+    def worth(p: dict[str, Any]) -> tuple[int, ...]:
+        ids, counts = p.get("identifiers", {}), p.get("touch_counts", {})
+        browsers = len(ids.get("ga_client_id", [])) + len(ids.get("ym_client_id", []))
+        won = any(d.get("status") == "won" for d in p.get("deals", {}).values())
+        return (bool(p.get("display_name")), won, bool(p.get("deals")), counts.get("call", 0) > 0,
+                min(browsers, 3), sum(counts.values()))  # fmt: skip
+
+    return max(profiles, key=worth, default=None)
+
+
+def _shared_phone(store: Any, profiles: Sequence[dict[str, Any]]) -> tuple[str, int] | None:
+    """A phone judged shared (an office switchboard), and how many persons a lookup names: a shared value keeps
+    a "person" of its own holding nothing else, so look among those."""
+    lone = [p["identifiers"]["phone"][0] for p in profiles if list(p.get("identifiers", {})) == ["phone"]]
+    for phone in lone[:500]:
+        found = store.match(Identifier("phone", phone))
+        if found is not None and found.shared and len(found.candidates) > 1:
+            return phone, len(found.candidates)
+    return None
+
+
+def _card(profile: dict[str, Any]) -> str:
+    """A person as the call center sees them, in a few lines."""
+    ids = profile.get("identifiers", {})
+    browsers = len(ids.get("ga_client_id", [])) + len(ids.get("ym_client_id", []))
+    deals = profile.get("deals", {})
+    lines = [
+        f"  {profile.get('display_name') or '(no name)'}   {profile['profile_id']}",
+        f"  phones {', '.join(ids.get('phone', [])) or '-'};  e-mails {', '.join(ids.get('email', [])) or '-'};  "
+        f"{browsers} browser ids;  CRM {', '.join(ids.get('crm_contact_id', [])) or '-'}",
+        "  touches: " + ", ".join(f"{n} {t}" for t, n in sorted(profile.get("touch_counts", {}).items())),
+    ]
+    for deal_id, deal in list(deals.items())[:2]:
+        credit = ((deal.get("attribution") or {}).get("models") or {}).get("last_non_direct") or []
+        first = credit[0] if credit else None
+        channel = f"{first['source']}/{first['medium']}" if first else "-"
+        amount = f", {deal['amount']:,.0f}" if isinstance(deal.get("amount"), int | float) else ""
+        lines.append(f"  deal {deal_id}: {deal.get('stage')} ({deal.get('status')}{amount}), credited to {channel}")
+    return "\n".join(lines)
 
 
 def _tour(settings: Settings, found: Servers, *, events: int, seconds: float, stream: GeneratedStream) -> None:
@@ -1264,25 +1322,32 @@ def _tour(settings: Settings, found: Servers, *, events: int, seconds: float, st
     changes = [json.loads(v) for _, v in read_topic(found.kafka, settings.changes_topic) if v]
     letters = read_topic(found.kafka, settings.dlq_topic)
     kinds = Counter(c["type"] for c in changes)
-    best = max(store.profiles(), key=lambda p: (sum(p["touch_counts"].values()), p["profile_id"]))
-    phone = (best["identifiers"].get("phone") or ["+70000000000"])[0]
+    profiles = list(store.profiles())
+    best = _showcase(profiles)
+    phone = ((best or {}).get("identifiers", {}).get("phone") or ["+70000000000"])[0]
+    shared = _shared_phone(store, profiles)
+    ambiguous = ""
+    if shared is not None:
+        ambiguous = (f"\nan office switchboard is nobody's: `idstream lookup phone \"{shared[0]}\"` answers ambiguous,"
+                     f" with the {shared[1]} persons seen calling from it\n")  # fmt: skip
+    card = _card(best) if best is not None else "  (nobody)"
     print(
         f"""
 processed {events} events in {seconds:.1f} s, one worker, its consumer-group join included
-persons found:        {len(store):>6}   (generated: {generated}; {stream.shared_office_phones} office switchboards
-                              glue colleagues together until shared-identifier detection lands)
+persons found:        {len(store):>6}   (generated: {generated}; switchboards, info@ mailboxes and family
+                              computers are recognized as shared and glue nobody)
 merges:               {len(store.redirects):>6}   retired profile ids, each redirecting to its survivor
 refused merges:       {kinds["conflict"]:>6}   a second CRM contact, too many phones, ... (identity.changes)
 rejected identifiers: {kinds["rejected_identifiers"]:>6}   events with junk or invalid values (identity.changes)
 dead letters:         {len(letters):>6}   malformed input, with its bytes and the reason ({settings.dlq_topic})
 
-the person with the most touches:
-{json.dumps(best, ensure_ascii=False, indent=2)[:2500]}
-
+one person, as the call center sees them:
+{card}
+{ambiguous}
 try, in another terminal:
   idstream lookup phone "{phone}"
+  idstream explain --profile {(best or {}).get("profile_id", "p_...")}
   idstream export | head -n 3
-  idstream ingest your-events.jsonl --wait
 Ctrl-C stops everything.""",
         flush=True,
     )

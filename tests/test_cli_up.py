@@ -206,3 +206,43 @@ def test_the_state_file_replaces_an_older_readable_one_with_a_private_one(tmp_pa
     assert json.loads(state.read_text(encoding="utf-8"))["redis"] == "redis://:secret-pass@127.0.0.1:6379/0"
     assert [p.name for p in tmp_path.iterdir()] == ["runtime.json"]
     assert stat.S_IMODE(tmp_path.stat().st_mode) == directory_mode  # an existing directory is left as it is
+
+
+def _demo(home: Path, seed: int) -> str:
+    """One `idstream demo` of 150 persons on embedded servers, until its tour and report are printed; then Ctrl-C."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDSTREAM_")}
+    env.update(HOME=str(home))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "demo", "--persons", "150", "--seed", str(seed)], env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "idstream report channels --plot" in line:  # the last thing the tour prints
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    return "".join(lines) + rest
+
+
+def test_two_demos_in_a_row_each_report_only_their_own_persons_with_a_card_and_top_channels(tmp_path: Path) -> None:
+    first, second = _demo(tmp_path, 1), _demo(tmp_path, 2)  # one user, the same home: nothing left from the first
+    for out in (first, second):
+        assert "one person, as the call center sees them" in out
+        assert "until shared-identifier detection lands" not in out  # stale text of an earlier version
+        assert "answers ambiguous" in out  # a switchboard as the example of an ambiguous lookup
+        shown = re.search(r"the top (\d+) channels", out)
+        assert shown is not None
+        assert 1 <= int(shown.group(1)) <= 10
+    for out in (first, second):
+        # the warehouse lives and dies with the run: its report counts this run's persons only
+        found = re.search(r"^persons found:\s+(\d+)", out, re.MULTILINE)
+        total = re.search(r"^\(total\)\s+(\d+)\s+(\d+)", out, re.MULTILINE)
+        assert found is not None
+        assert total is not None
+        assert 0 < int(total.group(2)) <= int(found.group(1))
+    assert not (tmp_path / ".idstream" / "warehouse.db").exists()
