@@ -298,7 +298,7 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str, *, health: bo
         except IdstreamError as exc:  # the next tick tries again: nothing is dropped before it is delivered
             log.warning("missed-call check postponed: %s", exc.code)
 
-    app.timer(settings.missed_call_check_s)(missed_calls)
+    app.timer(settings.missed_call_check_s, on_leader=True)(missed_calls)  # one worker decides, none twice
     if health:
         _observe(app, settings, client, processed, progress)
     return app

@@ -79,11 +79,18 @@ class Producer:
             return []
         producer = await self._started()
         futures: list[asyncio.Future[object] | IdstreamError] = []
+        stopped: IdstreamError | None = None  # no metadata in time: each further send would wait as long
         for value in values:
+            if stopped is not None:
+                futures.append(stopped)
+                continue
             try:
                 futures.append(await producer.send(topic, value))
             except Exception as exc:  # refused before sending: too large, no metadata in time
-                futures.append(to_idstream(exc))
+                error = to_idstream(exc)
+                futures.append(error)
+                if error.retriable:
+                    stopped = error
         pending = [f for f in futures if not isinstance(f, IdstreamError)]
         if pending:
             await asyncio.wait(pending, timeout=self.timeout)

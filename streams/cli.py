@@ -539,7 +539,13 @@ def cmd_connect_metrica(args: argparse.Namespace) -> int:
         return 2
     topic = topic_for("site_visit", settings.touch_topics)
     api = LogsApi(settings.metrica_url, settings.metrica_token.get_secret_value(), counter, retries=args.retries)
-    producer = _producer(found.kafka, args.delivery_timeout)
+    from kafka.errors import KafkaError  # noqa: PLC0415
+
+    try:
+        producer = _producer(found.kafka, args.delivery_timeout)
+    except KafkaError as exc:
+        print(f"idstream connect metrica: the broker is unavailable ({type(exc).__name__})", file=sys.stderr)
+        return 1
 
     def deliver(part: int, events: list[dict[str, Any]]) -> None:
         values = [json.dumps(e, ensure_ascii=False).encode() for e in events]
@@ -616,12 +622,17 @@ def _spend_period(checkpoint: Path, date_from: str | None, date_to: str | None, 
 
 def _produce_spend(settings: Settings, kafka: str, rows: list[dict[str, Any]], timeout: float) -> str | None:
     """Validate and produce spend rows; None when each was acknowledged, else why not."""
+    from kafka.errors import KafkaError  # noqa: PLC0415
+
     from schemas.spend import decode_spend  # noqa: PLC0415
 
     values = [json.dumps(r, ensure_ascii=False) for r in rows]
     for value in values:
         decode_spend(value)
-    producer = _producer(kafka, timeout)
+    try:
+        producer = _producer(kafka, timeout)
+    except KafkaError as exc:
+        raise TransientError(f"the broker is unavailable ({type(exc).__name__})") from None
     try:
         report = _deliver(producer, ((settings.spend_topic, n, v.encode()) for n, v in enumerate(values, 1)), timeout)
     finally:

@@ -663,8 +663,8 @@ async def call_report_endpoint(request: web.Request) -> web.Response:
     try:
         start, end = parse_day(q.get("from"), "from"), parse_day(q.get("to"), "to")
         within_text = q.get("within", "30")
-        if not within_text.isdigit():
-            raise InvalidInput(f"within must be a number of minutes, not {within_text[:20]!r}")
+        if not (within_text.isdecimal() and within_text.isascii() and 1 <= int(within_text) <= 10_080):
+            raise InvalidInput(f"within must be 1 to 10080 minutes, not {within_text[:20]!r}")
         tz = config.reports.tz
         report = await asyncio.get_running_loop().run_in_executor(
             None, lambda: call_report(engine, start=start, end=end, tz=tz, within=int(within_text))

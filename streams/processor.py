@@ -387,7 +387,7 @@ class Processor:
         pending = self.store.due_pending(self.clock().timestamp())
         if not pending:
             return [], []
-        snap = self.store.snapshot(sorted({p.profile_id for p in pending}))
+        snap = self.store.snapshot(sorted({p.profile_id for p in pending if p.profile_id}))
         wanted: dict[str, Candidate] = {}
         for p in pending:
             live = snap.live.get(p.profile_id)

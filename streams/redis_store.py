@@ -824,9 +824,11 @@ class RedisIdentityStore:
             raw = self.client.hmget(self._key["missed_data"], ids) if ids else []
         out = []
         for eid, held in zip(ids, raw, strict=True):
-            if held is not None:
-                pid, called_at, due, data = orjson.loads(held)
-                out.append(MissedCall(eid, pid, called_at, float(due), data))
+            if held is None:  # its details are gone: decided as nobody's, so it cannot block the queue
+                out.append(MissedCall(eid, "", "1970-01-01T00:00:00+00:00", 0.0, {}))
+                continue
+            pid, called_at, due, data = orjson.loads(held)
+            out.append(MissedCall(eid, pid, called_at, float(due), data))
         return out
 
     def drop_pending(self, event_ids: Sequence[str]) -> None:

@@ -355,6 +355,7 @@ class Settings(BaseSettings):
             self.bitrix24_url,
             self.bitrix24_app_token,
             self.direct_token,
+            self.vkads_client_secret,
         ):
             if token is not None:
                 found.append(token.get_secret_value())

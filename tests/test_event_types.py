@@ -150,3 +150,16 @@ def test_a_bad_declaration_is_refused_with_its_name(types: dict[str, Any]) -> No
 
     with pytest.raises(ConfigurationError, match="event type"):
         ResolutionPolicy(event_types=types)
+
+
+def test_a_declared_conversion_reaches_the_warehouse_as_revenue(redis_client: redis.Redis, warehouse: Engine) -> None:  # noqa: F811
+    policy = ResolutionPolicy(event_types=DECLARED)
+    Pipeline(redis_client, warehouse, policy).feed(
+        [
+            touch("v1", 0, ("ga_client_id", "GA1.2.1.1700"), PHONE, type="form_submit",
+                  utm=Utm("yandex", "cpc", "brand")),
+            touch("k1", 30, PHONE, type="kiosk_sale", source="kiosk", attributes={"amount": 3500, "order_id": "K-5"}),
+        ]
+    )  # fmt: skip
+    (row,) = [r for r in channel_report(warehouse, model="first").rows if r.source == "yandex"]
+    assert (row.won_deals, row.revenue) == (1.0, 3500.0)

@@ -325,7 +325,8 @@ def test_an_amocrm_deal_webhook_reads_the_deals_contact(deployment: Deployment, 
     assert all(auth == f"Bearer {AMO_TOKEN}" for _, auth in amo.asked)
 
 
-def test_an_amocrm_api_that_is_away_is_a_503_and_no_dead_letter(deployment: Deployment) -> None:
+def test_an_amocrm_api_that_is_away_is_a_503_and_the_hook_is_kept_to_replay(deployment: Deployment) -> None:
+    """Not every vendor sends a failed webhook again (Bitrix24 does not): the raw body is kept either way."""
     down = fake_amo(up=False)
     try:
 
@@ -339,7 +340,9 @@ def test_an_amocrm_api_that_is_away_is_a_503_and_no_dead_letter(deployment: Depl
     finally:
         down.close()
     assert landed(deployment) == []
-    assert landed(deployment, deployment.settings.dlq_topic) == []
+    (letter,) = landed(deployment, deployment.settings.dlq_topic)
+    assert letter["error"]["code"] == "crm_api_unavailable"
+    assert "35144366" in letter["value_utf8"]
 
 
 def test_without_amocrm_credentials_a_deal_webhook_is_kept_as_a_dead_letter(deployment: Deployment) -> None:
@@ -434,3 +437,18 @@ def test_a_bitrix24_deal_event_reads_the_deal_and_its_primary_contact(deployment
         "crm.deal.contact.items.get.json",
         "crm.contact.get.json",
     ]
+
+
+def test_a_payload_that_breaks_a_connector_is_a_400_and_a_dead_letter(deployment: Deployment) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        huge = await client.get(
+            f"/v1/hooks/calltouch/{HOOK_SECRET}?callerphone=79160709365&timestamp=99999999999999999999"
+        )
+        assert huge.status == 400
+        odd = await client.post(f"/v1/hooks/tilda/{HOOK_SECRET}", json={"Phone": ["+79160709365"], "COOKIES": 5})
+        assert odd.status in (200, 400)  # never a 500: mapped, or refused with the reason
+
+    serve_api(config(deployment), scenario)
+    letters = landed(deployment, deployment.settings.dlq_topic)
+    assert letters
+    assert all(letter["error"]["code"] == "unmappable_payload" for letter in letters)

@@ -253,7 +253,7 @@ class WarehouseWriter:
         anchor = hashes[0] if hashes else None  # settled at write time, without identifiers erased by then
         when = to_db(touch.occurred_at)
         crm = touch.crm
-        if touch.type in (TouchType.CRM_STAGE, TouchType.PURCHASE) and crm is not None:
+        if crm is not None:  # a CRM stage, a purchase, a declared conversion: a deal's row
             out.stages.append(
                 {
                     "event_id": touch.event_id,
@@ -268,7 +268,6 @@ class WarehouseWriter:
                 }
             )
             out.identified[touch.event_id] = (touch.key, hashes)
-            return
         channel = channel_of(touch, self.policy.channel_rules)
         if channel is None:
             return  # manual links, unlinks and erasure requests: no history row

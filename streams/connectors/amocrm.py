@@ -115,7 +115,7 @@ async def touches(hook: HookRequest) -> list[dict[str, Any]] | None:
             attributes["name"] = contact["name"].strip()[:256]
         event = wire_event(
             "amocrm",
-            event_id("amocrm", int(lead_id), status, int(moment.timestamp())),
+            event_id("amocrm", int(lead_id), status),  # one event per stage: an edit keeping it is a repeat
             "crm_stage",
             occurred_at=moment,
             identifiers=_contact_identifiers(contact),

@@ -117,7 +117,7 @@ async def touches(hook: HookRequest) -> list[dict[str, Any]]:
     utm = {tag.lower(): str(deal[f"UTM_{tag}"])[:1024] for tag in _UTM if deal.get(f"UTM_{tag}")}
     out = wire_event(
         "bitrix24",
-        event_id("bitrix24", deal_id, stage, int(moment.timestamp())),
+        event_id("bitrix24", deal_id, stage),  # one event per stage: an edit that keeps the stage is a repeat
         "crm_stage",
         occurred_at=moment,
         identifiers=identifiers[:50],

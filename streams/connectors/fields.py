@@ -81,11 +81,14 @@ def parse_time(value: Any, tz: ZoneInfo, *, field: str) -> datetime | None:
     if value is None or value == "":
         return None
     text = str(value).strip().strip('"')
-    if text.replace(".", "", 1).isdigit():
+    if text.replace(".", "", 1).isdecimal() and text.isascii():
         seconds = float(text)
         if seconds > 1e11:  # milliseconds
             seconds /= 1000
-        return datetime.fromtimestamp(seconds, UTC)
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise MappingError(f"{field}: {text[:40]!r} is not a time this receiver reads") from None
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:

@@ -36,11 +36,11 @@ def touches(hook: HookRequest) -> list[dict[str, Any]]:
             continue
         text = str(value).strip()
         if target in _PLAIN_ATTRIBUTES:
-            attributes[target] = text
+            attributes[target] = text[:4096]
         elif target.startswith("attribute:"):
-            attributes[target.removeprefix("attribute:")[:64]] = text
+            attributes[target.removeprefix("attribute:")[:64]] = text[:4096]
         else:
-            identifiers.append({"kind": target, "value": text})
+            identifiers.append({"kind": target, "value": text[:256]})
     cookies = payload.get("cookies") or payload.get("COOKIES")
     if isinstance(cookies, str):
         identifiers += [{"kind": k, "value": v} for k, v in client_ids_from_cookies(cookies)]
@@ -54,7 +54,7 @@ def touches(hook: HookRequest) -> list[dict[str, Any]]:
     eid = (
         event_id("form", name, given)
         if isinstance(given, str) and given
-        else event_id("form", name, hashlib.blake2b(hook.body, digest_size=12).hexdigest())
+        else event_id("form", name, hashlib.blake2b(repr(sorted(payload.items())).encode(), digest_size=12).hexdigest())
     )
     return [
         wire_event(

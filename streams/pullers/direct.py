@@ -86,7 +86,7 @@ class Reports:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                     status = int(response.status)
                     text = str(response.read().decode("utf-8-sig", "replace"))
-                    retry_in = float(response.headers.get("retryIn") or 10)
+                    retry_in = max(1.0, float(response.headers.get("retryIn") or 10))
             except urllib.error.HTTPError as exc:
                 detail = _error_text(exc.read()[:2000])
                 if exc.code >= 500 and failures < self.retries:
