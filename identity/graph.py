@@ -64,9 +64,9 @@ from identity.explain import EvidenceRecord, GroupView
 from identity.golden import Golden, render
 from identity.names import name_key, touch_name
 from identity.normalize import Identifier, Normalizer, Rejection
-from identity.policy import ResolutionPolicy
+from identity.policy import BUILT_IN_TYPES, ResolutionPolicy
 from identity.shared import AUTO, LINK, UNLINK, shared_identifiers
-from identity.touch import LINKING_TYPES, Touch, TouchType
+from identity.touch import Touch, TouchType
 
 __all__ = [
     "ApplyResult",
@@ -84,7 +84,8 @@ __all__ = [
 ChangeKind = Literal["created", "updated", "merged", "split", "erased"]
 Status = Literal["applied", "reordered", "duplicate", "unresolved"]
 #: Types the graph applies: evidence, manual corrections and erasure.
-APPLIED_TYPES = LINKING_TYPES | {TouchType.IDENTITY_UNLINK, TouchType.ERASE_REQUEST}
+#: Types the engine applies without configuration (declared ones: :meth:`ResolutionPolicy.applies`).
+APPLIED_TYPES = BUILT_IN_TYPES
 
 
 def unsupported(touch: Touch) -> str:

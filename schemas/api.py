@@ -407,11 +407,14 @@ _STORE_ERRORS = {
 }
 
 
+_PERIOD = [
+    {"name": "from", "in": "query", "required": False, "schema": {"type": "string", "format": "date"}},
+    {"name": "to", "in": "query", "required": False, "schema": {"type": "string", "format": "date"}},
+]
 _REPORT_PARAMETERS = [
     {"name": "model", "in": "query", "required": False,
      "schema": {"type": "string", "enum": ["first", "last", "last_non_direct", "position", "linear", "rank"]}},
-    {"name": "from", "in": "query", "required": False, "schema": {"type": "string", "format": "date"}},
-    {"name": "to", "in": "query", "required": False, "schema": {"type": "string", "format": "date"}},
+    *_PERIOD,
     {"name": "format", "in": "query", "required": False,
      "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}},
 ]  # fmt: skip
@@ -552,18 +555,7 @@ def openapi(version: str) -> dict[str, Any]:
                     "summary": "The call report: answered, missed and returned calls by channel, day and hour",
                     "operationId": "callReport",
                     "parameters": [
-                        {
-                            "name": "from",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string", "format": "date"},
-                        },
-                        {
-                            "name": "to",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string", "format": "date"},
-                        },
+                        *_PERIOD,
                         {
                             "name": "within",
                             "in": "query",

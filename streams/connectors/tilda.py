@@ -9,7 +9,6 @@ kept as attributes under their own names. The connection test (``test=test``) la
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 from urllib.parse import unquote
 
@@ -76,11 +75,7 @@ def touches(hook: HookRequest) -> list[dict[str, Any]] | None:
         if given:
             utm[tag] = given[:1024]
     tranid = fields.text("tranid")
-    eid = (
-        event_id("tilda", tranid)
-        if tranid
-        else event_id("tilda", hashlib.blake2b(hook.body, digest_size=12).hexdigest())
-    )
+    eid = event_id("tilda", tranid) if tranid else event_id("tilda", repr(sorted(payload.items())))
     return [
         wire_event(
             "tilda",
