@@ -157,10 +157,16 @@ def assert_nothing_lost(deployment: Deployment, touches: list[Touch], *, dead_le
         if value is not None
         for event_id in json.loads(value)["event_ids"]
     }
-    # a profile erased later may be erased in the same batch as the event: then only its erasure is published
+    # A profile erased later may be erased in the same batch as the event: then only its erasure is published.
+    # A touch older than an erasure of its person erases what it joins; arriving after the erasure has taken
+    # everything (another partition's order), it finds nothing and has nothing to announce: either is right.
     erased = {c.profile_id for r in results for c in r.changes if c.kind == "erased"}
     unnamed = {
-        r.event_id for r in results if (r.profile_id is not None or r.changes) and r.profile_id not in erased
+        r.event_id
+        for r in results
+        if (r.profile_id is not None or r.changes)
+        and r.profile_id not in erased
+        and not (r.profile_id is None and all(c.kind == "erased" for c in r.changes))
     } - named
     assert not unnamed, f"{len(unnamed)} applied events never named in profiles.updates, e.g. {sorted(unnamed)[:5]}"
     letters = deployment.read(deployment.settings.dlq_topic)
