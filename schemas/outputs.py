@@ -47,14 +47,15 @@ class ProfileUpdate(BaseModel):
 
 
 class IdentityChange(BaseModel):
-    """One message on ``identity.changes``: a merge, a split, an erasure, a refused merge, rejected identifiers,
+    """One message on ``identity.changes``: a merge, a split, an erasure, a refused merge, identifiers newly
+    ``shared`` (contested: several persons use them), rejected identifiers,
     or ``duplicate_conflict``: an event id seen before came with other content (two producers numbering their
     events alike); the second event was not applied. ``source`` is its source, ``first_source`` the first's.
     Producers avoid it by scoping ids with their source (``amocrm:lead-9:status-142``)."""
 
     model_config = ConfigDict(title="IdentityChange", extra="forbid")
 
-    type: Literal["merged", "split", "erased", "conflict", "rejected_identifiers", "duplicate_conflict"]
+    type: Literal["merged", "split", "erased", "conflict", "shared", "rejected_identifiers", "duplicate_conflict"]
     profile_id: str | None
     event_id: str
     source: str
@@ -66,6 +67,11 @@ class IdentityChange(BaseModel):
     conflict: dict[str, Any] | None = None
     rejected: list[dict[str, str]] = Field(default_factory=list)
     first_source: str | None = Field(None, description="duplicate_conflict: the source of the first event.")
+    shared: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="shared: identifiers this event showed to be used by several persons (a switchboard, an info@ "
+        "mailbox); lookups of them answer ambiguous from now on.",
+    )
 
 
 class DeadLetter(BaseModel):

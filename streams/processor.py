@@ -473,6 +473,15 @@ class Processor:
             IdentityChange(type="conflict", profile_id=c.profile_id, conflict=c.to_dict(), **common)
             for c in result.conflicts
         )
+        if result.shared:
+            changes.append(
+                IdentityChange(
+                    type="shared",
+                    profile_id=result.profile_id,
+                    shared=[{"kind": i.kind, "value": i.value} for i in result.shared],
+                    **common,
+                )
+            )
         if result.reused_by is not None:
             changes.append(IdentityChange(type="duplicate_conflict", profile_id=result.profile_id,
                                           first_source=result.reused_by, **common))  # fmt: skip

@@ -217,6 +217,9 @@ def test_a_split_names_what_moved_and_why(store: RedisIdentityStore) -> None:
     split_changes = [c for c in changes if c.type == "split"]
     assert split_changes
     assert all(c.evidence and c.evidence["rule"] == "shared_identifier" for c in split_changes)
+    # the console's review lists contested values: the switchboard is announced as shared, once
+    shared = [c for c in changes if c.type == "shared"]
+    assert [c.shared for c in shared] == [[{"kind": "phone", "value": "+74957770011"}]]
 
 
 def test_a_merge_chain_in_one_batch_names_every_retired_id_in_the_survivors_update(store: RedisIdentityStore) -> None:
