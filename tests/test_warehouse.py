@@ -645,3 +645,69 @@ def test_idstream_report_channels_prints_the_report_and_draws_it(
     monkeypatch.delenv("IDSTREAM_CURRENCY_RATES")
     assert main([*argv]) == 2  # a spend currency without a rate: a clear error, not a wrong number
     assert "no rate to RUB" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the deal funnel
+
+
+def _deal(
+    conn: Any, deal_id: str, profile: str, path: list[str], *, status: str, day: int, credits: dict[str, float]
+) -> None:
+    from sinks.warehouse import tables as t
+
+    start = datetime(2026, 11, day, 10, tzinfo=UTC)
+    conn.execute(t.deals.insert().values(deal_id=deal_id, profile_id=profile, pipeline="sales", stage=path[-1],
+                                         status=status, amount=1000.0, created_at=start, updated_at=start))  # fmt: skip
+    for n, stage in enumerate(path):
+        conn.execute(t.deal_stages.insert().values(event_id=f"{deal_id}-{n}", deal_id=deal_id, stage=stage,
+                                                   occurred_at=start + timedelta(days=n), system="amocrm",
+                                                   profile_id=profile))  # fmt: skip
+    for channel, credit in credits.items():
+        source, medium = channel.split("/")
+        conn.execute(t.attribution.insert().values(conversion="deal", conversion_id=deal_id, model="linear",
+                                                   source=source, medium=medium, campaign="(not set)", credit=credit,
+                                                   profile_id=profile, converted_at=start))  # fmt: skip
+
+
+def test_the_funnel_orders_stages_from_the_deals_and_splits_them_by_credit(warehouse: Engine) -> None:
+    from identity import InvalidInput
+    from sinks.warehouse import tables as t
+    from sinks.warehouse.funnel import deal_funnel
+
+    with warehouse.begin() as conn:
+        # the pipeline new → qualified → meeting → won is never sent: it is read off the deals
+        _deal(
+            conn, "d1", "p1", ["new", "qualified", "meeting", "won"], status="won", day=2, credits={"yandex/cpc": 1.0}
+        )
+        _deal(
+            conn, "d2", "p2", ["new", "meeting"], status="open", day=3, credits={"yandex/cpc": 0.5, "vk/social": 0.5}
+        )  # skips one
+        _deal(conn, "d3", "p3", ["new", "qualified", "lost"], status="lost", day=10, credits={"vk/social": 1.0})
+        _deal(conn, "d4", "p4", ["new"], status="open", day=11, credits={})
+        _deal(
+            conn, "d5", "p5", ["new", "won"], status="won", day=30, credits={"yandex/cpc": 1.0}
+        )  # outside the period asked
+        visit = datetime(2026, 11, 1, tzinfo=UTC)
+        conn.execute(t.touches.insert().values(event_id="v1", type="site_visit", occurred_at=visit,
+                                               system="site", source="yandex", medium="cpc", campaign="x",
+                                               project="Речной парк", profile_id="p1"))  # fmt: skip
+    funnel = deal_funnel(warehouse, model="linear", start=date(2026, 11, 1), end=date(2026, 11, 20), tz="UTC")
+    assert funnel.stages == ["new", "qualified", "meeting", "won"]  # 'lost' ends deals: not a step
+    total = funnel.total.to_dict()
+    # d2 jumped from new to meeting: it passed 'qualified' for the funnel; a won deal reached every step
+    assert total["reached"] == [4, 3, 2, 1]
+    assert total["conversion"] == [None, 75.0, 66.7, 50.0]
+    assert total["overall"] == 25.0
+    assert total["lost"] == 1
+    groups = {g.name: g.to_dict() for g in funnel.groups}
+    assert groups["yandex / cpc"]["reached"] == [1.5, 1.5, 1.5, 1.0]  # half of d2
+    assert groups["vk / social"]["reached"] == [1.5, 1.5, 0.5, 0.0]
+    assert groups["(no attribution)"]["reached"] == [1, 0, 0, 0]
+    weeks = {s.name: s.reached for s in funnel.series}
+    assert weeks == {"2026-11-02": [2, 2, 2, 1], "2026-11-09": [2, 1, 0, 0]}  # weeks start on Monday
+    by_project = deal_funnel(warehouse, model="linear", by="project", period="month", start=date(2026, 11, 1),
+                             end=date(2026, 11, 20))  # fmt: skip
+    assert {g.name: g.reached[0] for g in by_project.groups} == {"Речной парк": 1, "(none)": 3}
+    assert [s.name for s in by_project.series] == ["2026-11-01"]
+    with pytest.raises(InvalidInput, match="by must be"):
+        deal_funnel(warehouse, by="region")
