@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
+from urllib.parse import urlencode
 
 import redis
 
@@ -32,7 +33,15 @@ from schemas import InvalidMessage, TouchEvent, decode_touch, export_schemas
 from streams.generate import GeneratedStream, generate
 from streams.observe import redact_url, setup_logging
 from streams.runtime import tune_gc
-from streams.runtime_state import Servers, forget, redis_url, remember, servers
+from streams.runtime_state import (
+    Servers,
+    forget,
+    private_directory,
+    redis_url,
+    remember,
+    servers,
+    warehouse_url,
+)
 from streams.settings import Settings
 
 __all__ = ["main"]
@@ -242,7 +251,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sinks.warehouse.report import parse_day, plot, render  # noqa: PLC0415
 
     settings = Settings()
-    engine = connect(settings.warehouse_url)
+    engine = connect(warehouse_url(settings))
     migrate(engine)  # an empty warehouse answers an empty report, not an error
     defaults = settings.report_settings()
     if args.tz:
@@ -261,7 +270,7 @@ def cmd_report_calls(args: argparse.Namespace) -> int:
     from sinks.warehouse.report import parse_day  # noqa: PLC0415
 
     settings = Settings()
-    engine = connect(settings.warehouse_url)
+    engine = connect(warehouse_url(settings))
     migrate(engine)
     tz = args.tz or settings.report_timezone
     report = call_report(engine, start=parse_day(args.start, "--from"), end=parse_day(args.end, "--to"), tz=tz,
@@ -685,6 +694,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from aiohttp import web  # noqa: PLC0415
 
+    from streams.console import ConsoleOptions  # noqa: PLC0415
     from streams.lookup_api import ApiConfig, check_exposure, create_lookup_app  # noqa: PLC0415
 
     settings = Settings()
@@ -720,6 +730,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         amocrm_token=settings.amocrm_token.get_secret_value() if settings.amocrm_token else None,
         bitrix24_url=settings.bitrix24_url.get_secret_value() if settings.bitrix24_url else None,
         bitrix24_app_token=settings.bitrix24_app_token.get_secret_value() if settings.bitrix24_app_token else None,
+        console=ConsoleOptions(
+            app_id=settings.app_id,
+            changes_topic=settings.changes_topic,
+            profiles_topic=settings.profiles_topic,
+            spend_topic=settings.spend_topic,
+            worker_metrics=tuple(settings.worker_metrics_urls),
+        ),
     )
     web.run_app(create_lookup_app(config), host=host, port=port, print=None, access_log=None)
     return 0
@@ -1054,6 +1071,7 @@ class _Runtime:
     found: Servers
     children: list[_Child]
     warehouse_url: str
+    console: str = ""
 
     def check(self) -> None:
         """Raise _UpFailed if any child has exited: a runtime with a dead worker or API must not look alive."""
@@ -1113,13 +1131,20 @@ def _check_redis(url: str) -> None:
 
 @contextlib.contextmanager
 def _runtime(
-    settings: Settings, command: str, startup_timeout: float, *, own_warehouse: bool = False
+    settings: Settings,
+    command: str,
+    startup_timeout: float,
+    *,
+    own_warehouse: bool = False,
+    data_dir: Path | None = None,
 ) -> Iterator[_Runtime]:
     """Kafka and Redis (embedded unless configured), the topics, a worker, the lookup API, the warehouse (and
     the webhook agent). Yields once they answer, having printed their addresses (no password); if a child
     exits (during start-up or later) or does not answer in time, says which and why, stops everything, and
     raises _UpFailed. ``own_warehouse``: unless one is configured, a warehouse of this run's own, which lives
-    and dies with its embedded broker and Redis (a demo reports only its own persons)."""
+    and dies with its embedded broker and Redis (a demo reports only its own persons). ``data_dir``: the embedded
+    broker (its topics and group offsets, on a local object store), Redis (an append-only file) and, unless one is
+    configured, the SQLite warehouse live there and survive the run; one ``up`` at a time may use it."""
     from streams.app import ensure_topics  # noqa: PLC0415
     from streams.embedded import ChildServer, free_port, start_broker, start_redis  # noqa: PLC0415
 
@@ -1128,24 +1153,37 @@ def _runtime(
     remembered = False
     workdir = Path(tempfile.mkdtemp(prefix="idstream-up-"))
     scrub = _scrubber(settings)
+    lock: IO[str] | None = None
     try:
+        if data_dir is not None:
+            lock = _lock_data_dir(data_dir)
         kafka = settings.kafka_bootstrap_servers
         if not kafka:
-            servers_started.append(start_broker(workdir / "broker"))
+            if data_dir is not None:
+                from streams.local_s3 import s3_env, start_object_store  # noqa: PLC0415
+
+                objects = start_object_store(data_dir / "broker", workdir=workdir / "objects")
+                servers_started.append(objects)
+                broker = start_broker(workdir / "broker", storage="s3://tansu/", env=s3_env(objects.url))
+                servers_started.append(broker)
+            else:
+                servers_started.append(start_broker(workdir / "broker"))
             kafka = servers_started[-1].url
         redis_url = settings.redis_url
         if not redis_url:
-            servers_started.append(start_redis(workdir / "redis", appendonly=True))
+            redis_dir = data_dir / "redis" if data_dir is not None else workdir / "redis"
+            servers_started.append(start_redis(redis_dir, appendonly=True))
             redis_url = servers_started[-1].url
         _check_redis(redis_url)
         ensure_topics(settings, kafka)
-        found = Servers(kafka, redis_url, os.getpid())
-        remember(settings.state_file, found)
-        remembered = True
         env = {**os.environ, "IDSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka, "IDSTREAM_REDIS_URL": redis_url}
         warehouse_url = settings.warehouse_url
-        if own_warehouse and "warehouse_url" not in settings.model_fields_set:
-            warehouse_url = env["IDSTREAM_WAREHOUSE_URL"] = f"sqlite:///{workdir / 'warehouse.db'}"
+        if "warehouse_url" not in settings.model_fields_set and (own_warehouse or data_dir is not None):
+            home = data_dir if data_dir is not None else workdir
+            warehouse_url = env["IDSTREAM_WAREHOUSE_URL"] = f"sqlite:///{home / 'warehouse.db'}"
+        found = Servers(kafka, redis_url, os.getpid(), warehouse_url)
+        remember(settings.state_file, found)  # `idstream report` and the others find this run's servers
+        remembered = True
         # a terminal, not a log pipeline: warnings as text, unless the operator asked for more
         env.setdefault("IDSTREAM_LOG_FORMAT", "text")
         env.setdefault("IDSTREAM_LOG_LEVEL", "WARNING")
@@ -1156,14 +1194,23 @@ def _runtime(
         children.append(_Child.start("worker", ["worker"], worker_env, scrub, probe))
         api_port = free_port()
         lookup = f"http://{_reachable(settings.api_host)}:{api_port}"
-        children.append(_Child.start("lookup API", ["serve", "--port", str(api_port)], env, scrub, lookup + "/readyz"))
+        api_env = {**env}
+        if "worker_metrics_urls" not in settings.model_fields_set:  # the console's Health page reads the worker
+            api_env["IDSTREAM_WORKER_METRICS_URLS"] = json.dumps([probe.removesuffix("/healthz") + "/metrics"])
+        children.append(
+            _Child.start("lookup API", ["serve", "--port", str(api_port)], api_env, scrub, lookup + "/readyz")
+        )
         # the warehouse (SQLite by default: the demo needs no database server); it serves no probe
         children.append(_Child.start("warehouse", ["warehouse"], env, scrub, None))
         if settings.webhooks:
             children.append(_Child.start("webhook agent", ["webhooks"], env, scrub, None))
         _await_start(children, startup_timeout)
+        console = f"{lookup}/console/"
         print(f"kafka={redact_url(kafka)} redis={redact_url(redis_url)} lookup={lookup}", flush=True)
-        yield _Runtime(found, children, warehouse_url)
+        print(f"console: {console}  (channels, funnel, calls, a person's card, review, health)", flush=True)
+        if data_dir is not None:
+            _say_continuing(settings, redis_url, data_dir)
+        yield _Runtime(found, children, warehouse_url, console)
     except _UpFailed as exc:
         print(f"idstream {command}: {exc}\nidstream {command}: stopping", file=sys.stderr, flush=True)
         raise
@@ -1179,7 +1226,45 @@ def _runtime(
             server.stop()
         if remembered:
             forget(settings.state_file)
+        if lock is not None:
+            lock.close()  # releases the data directory for the next `up`
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``data_dir`` for this run (released when the process ends, however it ends), or say who holds it."""
+    import fcntl  # noqa: PLC0415 - POSIX only, like the embedded servers
+
+    private_directory(data_dir)
+    handle = (data_dir / "lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise _UpFailed(
+            f"the data directory {data_dir} is in use by `idstream up` (pid {holder}): stop it, or give another "
+            "--data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _say_continuing(settings: Settings, redis_url: str, data_dir: Path) -> None:
+    """Tell whether this run continues a previous one (and with how many persons) or starts a new directory."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        persons = len(settings.redis_store(client))
+    finally:
+        client.close()
+    if persons:
+        print(f"data: {data_dir} (continuing: {persons} persons from the previous run)", flush=True)
+    else:
+        print(f"data: {data_dir} (new: nothing resolved yet)", flush=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -1187,7 +1272,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     until Ctrl-C; exit 1 (stopping the rest) as soon as one of them exits."""
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        with _runtime(Settings(), "up", args.startup_timeout) as runtime:
+        settings = Settings()
+        data_dir = args.data_dir if args.data_dir is not None else settings.data_dir
+        with _runtime(settings, "up", args.startup_timeout, data_dir=data_dir.expanduser()) as runtime:
             while True:
                 runtime.check()
                 time.sleep(0.5)
@@ -1234,7 +1321,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             while _group_lag(found.kafka, settings.app_id, settings.touch_topics) > 0:
                 runtime.check()
                 time.sleep(0.5)
-            _tour(settings, found, events=len(values), seconds=time.monotonic() - started, stream=stream)
+            _tour(
+                settings, found, events=len(values), seconds=time.monotonic() - started, stream=stream,
+                console=runtime.console,
+            )  # fmt: skip
             _channels(settings, runtime, stream, args.seed)
             while True:
                 runtime.check()
@@ -1326,7 +1416,9 @@ def _card(profile: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _tour(settings: Settings, found: Servers, *, events: int, seconds: float, stream: GeneratedStream) -> None:
+def _tour(
+    settings: Settings, found: Servers, *, events: int, seconds: float, stream: GeneratedStream, console: str = ""
+) -> None:
     generated = stream.persons
     client = redis.Redis.from_url(found.redis)
     store = settings.redis_store(client)
@@ -1342,8 +1434,15 @@ def _tour(settings: Settings, found: Servers, *, events: int, seconds: float, st
         ambiguous = (f"\nan office switchboard is nobody's: `idstream lookup phone \"{shared[0]}\"` answers ambiguous,"
                      f" with the {shared[1]} persons seen calling from it\n")  # fmt: skip
     card = _card(best) if best is not None else "  (nobody)"
+    pages = ""
+    if console:
+        pages = f"\nopen the console: {console}\n"
+        if best is not None:
+            pages += f"  this person's card: {console}persons/{best['profile_id']}\n"
+        if shared is not None:
+            pages += f"  the switchboard:    {console}persons?{urlencode({'q': shared[0]})}\n"
     print(
-        f"""
+        f"""{pages}
 processed {events} events in {seconds:.1f} s, one worker, its consumer-group join included
 persons found:        {len(store):>6}   (generated: {generated}; switchboards, info@ mailboxes and family
                               computers are recognized as shared and glue nobody)
@@ -1447,6 +1546,14 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.set_defaults(func=cmd_resolve)
 
     up = sub.add_parser("up", help="start the embedded runtime (or use configured servers) and a worker")
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the embedded broker's topics, Redis and the warehouse here between runs "
+        "(default IDSTREAM_DATA_DIR, ~/.idstream/data); a restarted `up` continues where it stopped",
+    )
     _startup_timeout(up)
     up.set_defaults(func=cmd_up)
 

@@ -70,6 +70,7 @@ from schemas.errors import field_path
 from schemas.export import API_VERSION
 from sinks.warehouse import connect as connect_warehouse
 from sinks.warehouse.report import ReportSettings, parse_day, render
+from streams.console import ConsoleOptions, add_console_routes
 from streams.observe import LOOKUP_REQUESTS, LOOKUP_SECONDS, metrics_response
 from streams.reader import AsyncReader, Ranked
 from streams.redis_errors import StoreError, async_client, mapped, sync_client
@@ -123,6 +124,8 @@ class ApiConfig:
     #: The Bitrix24 portal's incoming webhook (it reads deals and contacts) and its outgoing webhook's token.
     bitrix24_url: str | None = field(default=None, repr=False)
     bitrix24_app_token: str | None = field(default=None, repr=False)
+    #: The web console's view of the deployment: consumer groups, output topics, the workers' /metrics.
+    console: ConsoleOptions = field(default_factory=ConsoleOptions)
 
     def hook_options(self, source: str) -> dict[str, Any]:
         """The operator's configuration a webhook connector is given."""
@@ -219,6 +222,8 @@ def _scope(path: str) -> str:
         return "open"
     if path.startswith("/v1/hooks/"):
         return "hook"
+    if path == "/console" or path.startswith("/console/"):
+        return "console"  # its own sign-in: a token kept in an HTTP-only cookie, and CSRF-checked forms
     if path == "/v1/touches":
         return "write"
     return "read"
@@ -230,7 +235,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     lookup token the API is open on loopback, writing included unless ingest tokens are set."""
     config = request.app[CONFIG]
     scope = _scope(request.path)
-    if scope in ("open", "hook"):
+    if scope in ("open", "hook", "console"):
         return await handler(request)
     if scope == "write":
         tokens = config.ingest_tokens
@@ -306,7 +311,7 @@ async def _json_bodies(request: web.Request, handler: Handler) -> web.StreamResp
     allowed = _WRITE_TYPES if scope == "write" else ("application/json",)
     if (
         request.method in _WITH_BODY
-        and scope != "hook"  # a vendor's webhook comes as it comes (form fields, often); its secret guards it
+        and scope not in ("hook", "console")  # a vendor's webhook comes as it comes; the console posts forms
         and request.body_exists  # an empty POST is answered by its handler (a 400 that says what is missing)
         and request.match_info.http_exception is None  # no such route or method: its own 404 or 405
         and request.content_type not in allowed  # aiohttp lowercases it, without parameters
@@ -745,6 +750,7 @@ def create_lookup_app(config: ApiConfig) -> web.Application:
     from streams.ingest_api import add_ingest_routes  # noqa: PLC0415
 
     add_ingest_routes(app, Producer(config.kafka, config.produce_timeout) if config.kafka else None)
+    add_console_routes(app, config.console)
     return app
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from identity import ConfigurationError
 from streams.settings import Settings
 
-__all__ = ["Servers", "forget", "private_directory", "redis_url", "remember", "servers"]
+__all__ = ["Servers", "forget", "private_directory", "redis_url", "remember", "servers", "warehouse_url"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Servers:
     kafka: str
     redis: str
     pid: int | None = None
+    warehouse: str | None = None
 
 
 def _alive(pid: int) -> bool:
@@ -41,8 +42,9 @@ def servers(settings: Settings) -> Servers:
         state = Servers(**json.loads(path.read_text(encoding="utf-8")))
         if state.pid is None or _alive(state.pid):
             return Servers(
-                settings.kafka_bootstrap_servers or state.kafka, settings.redis_url or state.redis, state.pid
-            )
+                settings.kafka_bootstrap_servers or state.kafka, settings.redis_url or state.redis, state.pid,
+                state.warehouse,
+            )  # fmt: skip
     raise ConfigurationError(
         "no servers: start `idstream up` in another terminal, or set IDSTREAM_KAFKA_BOOTSTRAP_SERVERS "
         "and IDSTREAM_REDIS_URL"
@@ -54,6 +56,20 @@ def redis_url(settings: Settings) -> str:
     if settings.redis_url:
         return settings.redis_url
     return servers(settings).redis
+
+
+def warehouse_url(settings: Settings) -> str:
+    """The warehouse: configured, else the one a running `idstream up` uses (its data directory's), else the
+    default file."""
+    if "warehouse_url" in settings.model_fields_set:
+        return settings.warehouse_url
+    path = settings.state_file
+    if path.exists():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            state = Servers(**json.loads(path.read_text(encoding="utf-8")))
+            if state.warehouse and (state.pid is None or _alive(state.pid)):
+                return state.warehouse
+    return settings.warehouse_url
 
 
 def private_directory(path: Path) -> None:

@@ -236,6 +236,11 @@ class Settings(BaseSettings):
     api_port: int = Field(8080, ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", description="Address of a worker's /metrics, /healthz and /readyz.")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Port of a worker's /metrics, /healthz, /readyz.")
+    worker_metrics_urls: list[str] = Field(
+        default_factory=list,
+        description="The workers' /metrics URLs (JSON list) the console's Health page reads: applied events, dead "
+        "letters, blob alerts. `idstream up` sets its worker's.",
+    )
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line, for collectors.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     blob_component_size: int = Field(
@@ -293,6 +298,11 @@ class Settings(BaseSettings):
         description='Value of one unit of other currencies in the report currency, e.g. {"USD": 92.5}.',
     )
     report_timezone: str = Field("UTC", description="IANA time zone whose days the report periods are.")
+    data_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".idstream" / "data",
+        description="Where `idstream up` keeps its embedded broker's topics, Redis' append-only file and the "
+        "SQLite warehouse between runs (`up --data-dir`). `demo` always starts afresh in a temporary directory.",
+    )
     state_file: Path = Field(
         default_factory=lambda: Path.home() / ".idstream" / "runtime.json",
         description="Where `idstream up` leaves the addresses of the runtime it started.",

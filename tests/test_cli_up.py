@@ -46,7 +46,7 @@ def up_env(kafka: str, redis_url: str, tmp: Path) -> dict[str, str]:
         "IDSTREAM_WEBHOOK_DLQ_TOPIC": f"wdlq-{tag}", "IDSTREAM_SPEND_TOPIC": f"spend-{tag}",
         "IDSTREAM_WAREHOUSE_DLQ_TOPIC": f"whdlq-{tag}", "IDSTREAM_REDIS_PREFIX": f"up-{tag}",
         "IDSTREAM_TOPIC_PARTITIONS": "1", "IDSTREAM_STATE_FILE": str(tmp / "runtime.json"),
-        "IDSTREAM_WAREHOUSE_URL": f"sqlite:///{tmp / 'warehouse.db'}",
+        "IDSTREAM_WAREHOUSE_URL": f"sqlite:///{tmp / 'warehouse.db'}", "IDSTREAM_DATA_DIR": str(tmp / "data"),
     }  # fmt: skip
 
 
@@ -235,6 +235,12 @@ def test_two_demos_in_a_row_each_report_only_their_own_persons_with_a_card_and_t
         assert "one person, as the call center sees them" in out
         assert "until shared-identifier detection lands" not in out  # stale text of an earlier version
         assert "answers ambiguous" in out  # a switchboard as the example of an ambiguous lookup
+        # the console's address comes first in the tour, with this person's card and the switchboard on it
+        console = re.search(r"open the console: (http://127\.0\.0\.1:\d+/console/)", out)
+        assert console is not None
+        assert out.index("open the console") < out.index("processed ")
+        assert f"{console[1]}persons/p_" in out
+        assert f"{console[1]}persons?q=%2B7" in out
         shown = re.search(r"the top (\d+) channels", out)
         assert shown is not None
         assert 1 <= int(shown.group(1)) <= 10
@@ -246,3 +252,78 @@ def test_two_demos_in_a_row_each_report_only_their_own_persons_with_a_card_and_t
         assert total is not None
         assert 0 < int(total.group(2)) <= int(found.group(1))
     assert not (tmp_path / ".idstream" / "warehouse.db").exists()
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    done = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+    assert done.returncode == 0, f"idstream {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def _line(up: Up, prefix: str, timeout: float = 60) -> str:
+    def found() -> str | None:
+        assert up.process.poll() is None, f"up exited with {up.process.returncode}:\n{up.stderr}"
+        return next((line for line in up.lines if line.startswith(prefix)), None)
+
+    line: str = wait_for(found, timeout, f"up to print {prefix!r}")
+    return line
+
+
+def _lags(lookup: str) -> list[int]:
+    """The console's consumer lag table: events behind, per consumer group (worker, warehouse) and topic."""
+    health = urllib.request.urlopen(lookup + "/console/health", timeout=30).read().decode()  # noqa: S310
+    start = health.index('<table id="lag">')
+    table = health[start : health.index("</table>", start)]
+    lags = [int(n.replace("\u202f", "")) for n in re.findall(r'<td class="n">([\d\u202f]+)</td>', table)]
+    assert len(lags) >= 2, table  # the worker's group and the warehouse's, per topic
+    return lags
+
+
+@pytest.mark.slow
+def test_up_with_a_data_dir_continues_where_it_stopped(tmp_path: Path) -> None:
+    """Broker, Redis and warehouse are one state: a restarted `up --data-dir` keeps persons, profiles and the
+    report, processes nothing twice, and a second `up` on the same directory is refused with the reason."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDSTREAM_")}
+    env.update(HOME=str(tmp_path), IDSTREAM_STATE_FILE=str(tmp_path / "runtime.json"))
+    data = tmp_path / "data"
+    events = tmp_path / "events.jsonl"
+    _cli(env, "generate", "--persons", "120", "--seed", "5", "--out", str(events))
+    up = Up(env, tmp_path, "--data-dir", str(data))
+    try:
+        first = re.search(r"lookup=(http://\S+)", up.first_line(120))
+        assert first is not None
+        assert "(new: nothing resolved yet)" in _line(up, "data:")
+        _cli(env, "ingest", str(events), "--wait", timeout=300)
+        wait_for(lambda: set(_lags(first[1])) == {0}, 120, "the worker and the warehouse to take the stream in")
+        before = sorted(_cli(env, "export").splitlines())
+        assert before
+        report = _cli(env, "report", "channels", "--format", "json")
+        up.process.send_signal(signal.SIGTERM)
+        assert up.wait(120) == 0, up.stderr
+    finally:
+        up.kill()
+    again = Up(env, tmp_path, "--data-dir", str(data))
+    try:
+        line = again.first_line(120)
+        assert f"(continuing: {len(before)} persons from the previous run)" in _line(again, "data:")
+        assert sorted(_cli(env, "export").splitlines()) == before, "profiles survive the restart"
+        assert _cli(env, "report", "channels", "--format", "json") == report, "the report survives the restart"
+        # nothing is processed twice: the worker's group offsets survived with the topics
+        lookup = re.search(r"lookup=(http://\S+)", line)
+        assert lookup is not None
+        assert set(_lags(lookup[1])) == {0}, "nothing left to process after the restart"
+        # the topics themselves survived (a broker in memory would come back empty, with the same lag of 0)
+        health = urllib.request.urlopen(lookup[1] + "/console/health", timeout=30).read().decode()  # noqa: S310
+        held = re.search(r'<dl class="tiles" id="rates">\s*<div><dt>[^<]*</dt><dd>([\d\u202f]+)</dd>', health)
+        assert held is not None, health
+        assert int(held[1].replace("\u202f", "")) == len(events.read_text(encoding="utf-8").splitlines())
+        third = subprocess.run([sys.executable, "-m", "streams.cli", "up", "--data-dir", str(data)], env=env,
+                               cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+        assert third.returncode == 1
+        assert f"the data directory {data} is in use" in third.stderr
+        assert again.process.poll() is None, "the refused `up` stopped nothing of the running one"
+        again.process.send_signal(signal.SIGTERM)
+        assert again.wait(120) == 0, again.stderr
+    finally:
+        again.kill()
