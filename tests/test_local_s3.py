@@ -16,7 +16,7 @@ from kafka.admin import NewTopic
 from kafka.structs import OffsetAndMetadata
 
 from streams.embedded import ChildServer, start_broker
-from streams.local_s3 import LocalObjectStore, s3_env, start_object_store
+from streams.local_s3 import LocalObjectStore, main, s3_env, start_object_store
 from tests.e2e import wait_for
 
 TOPIC, GROUP, PARTITIONS = "persisted", "readers", 3
@@ -228,3 +228,22 @@ def test_a_key_stays_inside_the_root_whatever_it_says(
     assert request(store, "GET", path)[2] == b"secret"
     _, _, body = request(store, "GET", "/tansu?list-type=2")
     assert [e.text for e in listing(body).iter(f"{S3_NS}Key")] == [key]
+
+
+def test_a_request_addressed_to_another_name_is_refused(store: LocalObjectStore) -> None:
+    """DNS rebinding: a page whose own name now points at 127.0.0.1 sends that name as Host; it reads nothing."""
+    assert request(store, "PUT", "/tansu/meta.json", b"{}")[0] == 200
+    connection = http.client.HTTPConnection(store.host, store.port, timeout=10)
+    try:
+        connection.request("GET", "/tansu/meta.json", headers={"Host": f"attacker.example:{store.port}"})
+        answer = connection.getresponse()
+        assert answer.status == 421
+        assert answer.read() != b"{}"
+    finally:
+        connection.close()
+    assert request(store, "GET", "/tansu/meta.json")[0] == 200  # loopback names are served as before
+
+
+def test_the_server_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["--root", str(tmp_path), "--host", "0.0.0.0"])  # noqa: S104 - the address refused

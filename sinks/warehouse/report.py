@@ -254,6 +254,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+#: A spreadsheet runs a cell that starts with one of these as a formula: UTM tags are anyone's to write.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(value: Any) -> Any:
+    """A text cell of the CSV that a spreadsheet shows as text, never runs (``=HYPERLINK(...)`` in a UTM tag)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def render(report: ChannelReport, fmt: str) -> str:
     """The report as ``table`` (for a terminal), ``csv`` or ``json``."""
     if fmt == "json":
@@ -265,7 +276,10 @@ def render(report: ChannelReport, fmt: str) -> str:
         writer.writerow(_COLUMNS)
         for r in rows:
             writer.writerow(
-                ["" if v is None else round(v, 6) if isinstance(v, float) else v for v in asdict(r).values()]
+                [
+                    "" if v is None else round(v, 6) if isinstance(v, float) else _text_cell(v)
+                    for v in asdict(r).values()
+                ]
             )
         return out.getvalue()
     if fmt != "table":

@@ -17,16 +17,18 @@ numbers).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
 import hmac
-import json
 import logging
 import math
 import re
 import secrets
+import socket
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +42,9 @@ import networkx as nx
 import orjson
 from aiohttp import ClientSession, ClientTimeout, web
 from markupsafe import Markup
+from pydantic import ValidationError
 
-from identity import Identifier, IdstreamError, InvalidInput, Rejection, TransientError
+from identity import Identifier, InvalidInput, Rejection, TransientError
 from identity.attribution import MODELS
 from identity.card import screen_pop, summary
 from identity.explain import explain
@@ -54,6 +57,7 @@ __all__ = ["ConsoleOptions", "add_console_routes"]
 log = logging.getLogger("idstream.console")
 
 PREFIX = "/console"
+_NEXT = re.compile(r"/console/[^\x00-\x1f\x7f\\]{0,2000}")
 _TOKEN_COOKIE, _WRITE_COOKIE, _SID_COOKIE = "idstream_token", "idstream_write", "idstream_sid"
 _LANG_COOKIE, _OPERATOR_COOKIE = "idstream_lang", "idstream_operator"
 _STATIC = {
@@ -101,6 +105,9 @@ class _State:
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     samples: list[tuple[float, int, int]] = field(default_factory=list)
     cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    sampler: asyncio.Task[None] | None = None
+    derived: bytes | None = None
+    inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
 
 
 CONSOLE_STATE: web.AppKey[_State] = web.AppKey("console_state", _State)
@@ -170,8 +177,27 @@ def _session(request: web.Request) -> _Session:
     else:
         write = read and not config.tokens  # the API's rule: lookup tokens without ingest tokens turn writing off
     lang = choose(request.query.get("lang"), request.cookies.get(_LANG_COOKIE), request.headers.get("Accept-Language"))
-    csrf = hmac.new(request.app[CONSOLE_STATE].secret, sid.encode(), hashlib.sha256).hexdigest()
+    csrf = hmac.new(_secret(request.app), sid.encode(), hashlib.sha256).hexdigest()
     return _Session(sid, read, write, lang, words(lang), csrf, new_sid, bool(config.tokens) and read)
+
+
+def _secret(app: web.Application) -> bytes:
+    """The key of the CSRF tokens: derived from the configured erasure key and tokens, so every replica and a
+    restarted server accept the forms of each other; random per process only where nothing is configured."""
+    state = app[CONSOLE_STATE]
+    if state.derived is None:
+        config = app[_api().CONFIG]
+        material = b"\0".join([config.erasure_key, *sorted(config.tokens), *sorted(config.ingest_tokens)])
+        configured = bool(config.tokens) or config.erasure_key != _default_erasure_key()
+        key = hmac.new(material, b"idstream console csrf", hashlib.sha256).digest()
+        state.derived = key if configured else state.secret
+    return state.derived
+
+
+def _default_erasure_key() -> bytes:
+    from identity.graph import DEFAULT_ERASURE_KEY  # noqa: PLC0415
+
+    return DEFAULT_ERASURE_KEY
 
 
 def _loopback(request: web.Request) -> bool:
@@ -230,7 +256,7 @@ def _render(request: web.Request, session: _Session, template: str, status: int 
 Page = Callable[[web.Request, _Session], Awaitable[web.StreamResponse]]
 
 
-def _page(handler: Page, *, write: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _page(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """A console page: signed in (else to the login page), CSRF-checked when it changes something, errors shown."""
 
     async def run(request: web.Request) -> web.StreamResponse:
@@ -238,9 +264,10 @@ def _page(handler: Page, *, write: bool = False) -> Callable[[web.Request], Awai
         if not session.read:
             target = request.path_qs if request.method == "GET" else f"{PREFIX}/"
             return _finish(request, session, _redirect(f"{PREFIX}/login?{urlencode({'next': target})}"))
+        _start_sampler(request.app)
         if request.method == "POST":
             form = await request.post()
-            if not _same_origin(request) or not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+            if not _csrf_ok(request, session, form):
                 return _finish(
                     request, session, _render(request, session, "error.html", 403, message=session.t["error.csrf"])
                 )
@@ -251,9 +278,19 @@ def _page(handler: Page, *, write: bool = False) -> Callable[[web.Request], Awai
         except InvalidInput as exc:
             message = session.t["error.bad_request"].format(message=exc.message)
             response = _render(request, session, "error.html", 400, message=message)
+        except Exception as exc:  # a bug or a server away: logged by type only (messages may hold identifiers)
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            log.error("console page %s failed: %s (message withheld)\n%s", request.path, type(exc).__name__, frames)
+            response = _render(request, session, "error.html", 500, message=session.t["error.internal"])
         return _finish(request, session, response)
 
     return run
+
+
+def _csrf_ok(request: web.Request, session: _Session, form: Any) -> bool:
+    """A form of this console: same origin, and the session's CSRF token (compared as bytes: any text is safe)."""
+    given = str(form.get("csrf", "")).encode("utf-8", "surrogateescape")
+    return _same_origin(request) and hmac.compare_digest(given, session.csrf.encode())
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -264,7 +301,10 @@ def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None or origin == "null":
         return True
-    return origin.split("://", 1)[-1] == request.headers.get("Host", "")
+    # behind a proxy that rewrites Host, the name the browser used is X-Forwarded-Host (which no cross-site form
+    # can set: it is not a header a page may send without a preflight)
+    named = origin.split("://", 1)[-1]
+    return named in (request.headers.get("Host", ""), request.headers.get("X-Forwarded-Host", "").split(",")[0].strip())
 
 
 async def _off_loop(fn: Callable[[], Any]) -> Any:
@@ -279,11 +319,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     session = _session(request)
     error = None
     target = request.query.get("next", f"{PREFIX}/")
-    if not target.startswith(f"{PREFIX}/") or target.startswith("//"):
+    if not _NEXT.fullmatch(target):  # only a page of this console: no other site, no header-breaking characters
         target = f"{PREFIX}/"
     if request.method == "POST":
         form = await request.post()
-        if not _same_origin(request) or not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+        if not _csrf_ok(request, session, form):
             error = session.t["error.csrf"]
         else:
             token, write = str(form.get("token", "")).strip(), str(form.get("write_token", "")).strip()
@@ -314,7 +354,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     session = _session(request)
     form = await request.post()
-    if not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+    if not _csrf_ok(request, session, form):
         return _finish(request, session, _render(request, session, "error.html", 403, message=session.t["error.csrf"]))
     response = _redirect(f"{PREFIX}/login")
     for name in (_TOKEN_COOKIE, _WRITE_COOKIE):
@@ -726,17 +766,63 @@ def _tail(bootstrap: str, topic: str, per_partition: int) -> list[tuple[int, byt
         consumer.close()
 
 
+#: The broker is read on threads of its own: a broker that is away never holds the API's shared executor.
+_BROKER_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="console-broker")
+
+
 async def _cached(request: web.Request, key: str, seconds: float, fn: Callable[[], Any]) -> Any:
+    bootstrap = request.app[_api().CONFIG].kafka or ""
+    """``fn()`` on the broker's threads, once at a time per key (concurrent pages share the answer), its answer
+    kept ``seconds`` and a failure (the broker away: :class:`TransientError`) kept as long."""
     state = request.app[CONSOLE_STATE]
     held = state.cache.get(key)
     if held is not None and time.monotonic() - held[0] < seconds:
+        if isinstance(held[1], TransientError):
+            raise held[1]
         return held[1]
-    value = await _off_loop(fn)
-    state.cache[key] = (time.monotonic(), value)
-    return value
+    running = state.inflight.get(key)
+    if running is None:
+        running = asyncio.get_running_loop().run_in_executor(_BROKER_POOL, _broker_call, bootstrap, fn)
+        state.inflight[key] = running
+        try:
+            value = await asyncio.shield(running)
+        except TransientError as exc:
+            state.cache[key] = (time.monotonic(), exc)
+            raise
+        else:
+            state.cache[key] = (time.monotonic(), value)
+        finally:
+            state.inflight.pop(key, None)
+        return value
+    return await asyncio.shield(running)
+
+
+def _accepts(bootstrap: str, timeout: float = 2.0) -> bool:
+    """Does any bootstrap server accept a connection? Asked first: a Kafka client spends 30 s finding out."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _broker_call(bootstrap: str, fn: Callable[[], Any]) -> Any:
+    """Kafka's errors as :class:`TransientError` (the page says the broker is away), named by type only."""
+    from kafka.errors import KafkaError  # noqa: PLC0415
+
+    if not _accepts(bootstrap):
+        raise TransientError("no bootstrap server accepts connections")
+    try:
+        return fn()
+    except (KafkaError, OSError) as exc:
+        raise TransientError(f"the broker is unavailable ({type(exc).__name__})") from None
 
 
 _REVIEWED = ("conflict", "shared", "split", "merged")
+_SENT = re.compile(r"identity_(un)?link console:[0-9a-f-]{36}")
 
 
 async def review(request: web.Request, session: _Session) -> web.StreamResponse:
@@ -744,6 +830,8 @@ async def review(request: web.Request, session: _Session) -> web.StreamResponse:
     config, options = request.app[api.CONFIG], request.app[CONSOLE_OPTIONS]
     kinds = [k for k in request.query.getall("type", []) if k in _REVIEWED] or ["conflict", "shared", "split"]
     notice = request.query.get("sent")
+    if notice is not None and not _SENT.fullmatch(notice):
+        notice = None  # only what this console redirected with: a crafted link shows no false confirmation
     if config.kafka is None:
         return _render(
             request,
@@ -757,7 +845,11 @@ async def review(request: web.Request, session: _Session) -> web.StreamResponse:
             operator="",
         )
     bootstrap, topic = config.kafka, options.changes_topic
-    raw = await _cached(request, f"tail:{topic}", 3.0, lambda: _tail(bootstrap, topic, REVIEW_TAIL))
+    try:
+        raw = await _cached(request, f"tail:{topic}", 3.0, lambda: _tail(bootstrap, topic, REVIEW_TAIL))
+    except TransientError as exc:
+        return _render(request, session, "review.html", 503, items=[], kinds=kinds, all_kinds=_REVIEWED,
+                       notice=None, broker=True, operator="", broker_error=exc.message)  # fmt: skip
     changes = []
     for timestamp, value in raw:
         try:
@@ -883,16 +975,20 @@ async def correct(request: web.Request, session: _Session) -> web.StreamResponse
     if len(operator) > 100 or len(reason) > 500:
         raise InvalidInput("the name is at most 100 characters, the reason at most 500")
     event_id = f"console:{uuid.uuid4()}"
-    event = TouchEvent.model_validate(
-        {
-            "event_id": event_id,
-            "type": action,
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "source": "console",
-            "identifiers": [a, b],
-            "attributes": {"actor": operator, "reason": reason},
-        }
-    )
+    try:
+        event = TouchEvent.model_validate(
+            {
+                "event_id": event_id,
+                "type": action,
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "source": "console",
+                "identifiers": [a, b],
+                "attributes": {"actor": operator, "reason": reason},
+            }
+        )
+    except ValidationError as exc:  # named by field only: the values are identifiers
+        fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+        raise InvalidInput(f"the correction is not a valid event ({', '.join(fields)[:200]})") from None
     from streams.ingest_api import topic_for  # noqa: PLC0415
 
     topic = topic_for(action, config.touch_topics)
@@ -993,12 +1089,17 @@ def _rates(samples: list[tuple[float, int, int]]) -> dict[str, Any] | None:
 async def health(request: web.Request, session: _Session) -> web.StreamResponse:
     api = _api()
     config, options, state = request.app[api.CONFIG], request.app[CONSOLE_OPTIONS], request.app[CONSOLE_STATE]
-    offsets, recent = None, []
+    offsets, recent, broker_error = None, [], None
     if config.kafka is not None:
         bootstrap = config.kafka
-        offsets = await _cached(request, "offsets", 3.0, lambda: _offsets(bootstrap, *_health_topics(config, options)))
-        _sample(state, offsets)
-        tail = await _cached(request, "dlq", 5.0, lambda: _tail(bootstrap, config.dlq_topic, 10))
+        try:
+            offsets = await _cached(
+                request, "offsets", 3.0, lambda: _offsets(bootstrap, *_health_topics(config, options))
+            )
+            _sample(state, offsets)
+            tail = await _cached(request, "dlq", 5.0, lambda: _tail(bootstrap, config.dlq_topic, 10))
+        except TransientError as exc:  # exactly what this page is for: said, not failed
+            tail, broker_error = [], exc.message
         for timestamp, value in sorted(tail, reverse=True)[:10]:
             with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
                 letter = orjson.loads(value)
@@ -1019,6 +1120,7 @@ async def health(request: web.Request, session: _Session) -> web.StreamResponse:
         workers=workers,
         recent=recent,
         broker=config.kafka is not None,
+        broker_error=broker_error,
     )
 
 
@@ -1039,6 +1141,13 @@ def _sample(state: _State, offsets: dict[str, Any]) -> None:
     del state.samples[:-SAMPLES]
 
 
+def _start_sampler(app: web.Application) -> None:
+    """Sample the broker from the first console page on (an API nobody opens the console of never does)."""
+    state = app[CONSOLE_STATE]
+    if state.sampler is None and app[_api().CONFIG].kafka is not None:
+        state.sampler = asyncio.get_running_loop().create_task(_sampler(app))
+
+
 async def _sampler(app: web.Application) -> None:
     """Sample the topics' end offsets every few seconds, so the health page has rates on its first view."""
     api = _api()
@@ -1048,7 +1157,9 @@ async def _sampler(app: web.Application) -> None:
     bootstrap = config.kafka
     while True:
         try:
-            offsets = await _off_loop(lambda: _offsets(bootstrap, *_health_topics(config, options)))
+            offsets = await asyncio.get_running_loop().run_in_executor(
+                _BROKER_POOL, _broker_call, bootstrap, lambda: _offsets(bootstrap, *_health_topics(config, options))
+            )
             _sample(state, offsets)
         except asyncio.CancelledError:
             raise
@@ -1065,14 +1176,14 @@ def add_console_routes(app: web.Application, options: ConsoleOptions) -> None:
     app[CONSOLE_OPTIONS] = options
     app[CONSOLE_STATE] = _State()
 
-    async def start_sampler(app: web.Application) -> Any:
-        task = asyncio.create_task(_sampler(app))
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def stop_sampler(app: web.Application) -> None:
+        task = app[CONSOLE_STATE].sampler
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    app.cleanup_ctx.append(start_sampler)
+    app.on_cleanup.append(stop_sampler)
     r = app.router
     r.add_get(PREFIX, index)
     r.add_get(f"{PREFIX}/", index)
@@ -1087,13 +1198,5 @@ def add_console_routes(app: web.Application, options: ConsoleOptions) -> None:
     r.add_get(f"{PREFIX}/persons", _page(persons))
     r.add_get(f"{PREFIX}/persons/{{profile_id}}", _page(person))
     r.add_get(f"{PREFIX}/review", _page(review))
-    r.add_post(f"{PREFIX}/review", _page(correct, write=True))
+    r.add_post(f"{PREFIX}/review", _page(correct))
     r.add_get(f"{PREFIX}/health", _page(health))
-
-
-def dumps_pretty(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=1)
-
-
-_ENV.filters["pretty"] = dumps_pretty
-_ENV.globals["IdstreamError"] = IdstreamError

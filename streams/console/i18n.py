@@ -162,7 +162,10 @@ _EN: dict[str, str] = {
     "health.no_broker": "No broker is configured.",
     "health.ok": "ok",
     "error.title": "Something went wrong",
-    "error.store": "The identity store is unavailable right now; try again in a moment.",
+    "error.store": "A server this page reads (Redis, the broker or the warehouse) is unavailable right now; "
+    "try again in a moment.",
+    "error.internal": "The page failed; the server logged why. Try again, or tell the operator.",
+    "error.broker": "The broker does not answer right now: {reason}",
     "error.bad_request": "This request is not valid: {message}",
     "error.csrf": "The form expired or came from another site; reload the page and try again.",
     "lang.other": "Русский",
@@ -317,7 +320,11 @@ _RU: dict[str, str] = {
     "health.no_broker": "Брокер не настроен.",
     "health.ok": "в порядке",
     "error.title": "Что-то пошло не так",
-    "error.store": "Хранилище идентичностей сейчас недоступно; попробуйте через минуту.",
+    "error.store": "Сервер, из которого читает эта страница (Redis, брокер или хранилище), сейчас недоступен; "
+    "попробуйте через минуту.",
+    "error.internal": "Страница не открылась; сервер записал причину в журнал. Попробуйте снова или сообщите "
+    "администратору.",
+    "error.broker": "Брокер сейчас не отвечает: {reason}",
     "error.bad_request": "Запрос неверен: {message}",
     "error.csrf": "Форма устарела или пришла с другого сайта; обновите страницу и попробуйте снова.",
     "lang.other": "English",
