@@ -289,24 +289,11 @@ def test_redis_killed_mid_ingest_and_restarted_from_its_aof_loses_and_doubles_no
 
 @pytest.fixture
 def s3(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """An S3 server (moto) with a bucket, for a broker whose topics survive its restart."""
-    port = free_port()
-    moto = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: get(endpoint)[0] == 200, 30, "the S3 server")
-        request = urllib.request.Request(endpoint + "/tansu", method="PUT")  # noqa: S310 - create the bucket
-        urllib.request.urlopen(request, timeout=10).close()  # noqa: S310 - our own loopback server
-        yield {
-            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true",
-        }  # fmt: skip
-    finally:
-        moto.terminate()
-        moto.wait(10)
+    """The object store `up --data-dir` puts the broker on (streams/local_s3.py): its topics survive a restart."""
+    from streams.local_s3 import s3_env, start_object_store
+
+    with start_object_store(tmp_path / "objects") as store:
+        yield s3_env(store.url)
 
 
 def test_a_broker_restart_during_ingest_loses_and_doubles_nothing(
