@@ -133,14 +133,28 @@ def test_the_warehouse_worker_fills_tables_that_agree_with_redis(deployment: Dep
             expected[item.event_id] = store.lookup(min(accepted, key=lambda i: (policy.kind_rank(i.kind), i.value)))
     engine = connect(settings.warehouse_url)
 
+    differs: list[str] = []
+
     def caught_up() -> bool:
         with engine.connect() as conn:
             owners = dict(conn.execute(select(t.touches.c.event_id, t.touches.c.profile_id)).all())
             persons = set(conn.scalars(select(t.persons.c.profile_id)))
             spend = conn.execute(select(t.ad_spend.c.cost)).scalars().all()
+        wrong = sorted(e for e in owners.keys() | expected.keys() if owners.get(e, "-") != expected.get(e, "-"))
+        sample = [(e, owners.get(e, "-"), expected.get(e, "-")) for e in wrong[:3]]
+        differs[:] = [
+            f"{len(wrong)} touches differ, e.g. {sample}",
+            f"persons: {len(persons - live)} extra, {len(live - persons)} missing",
+            f"spend {spend}",
+        ]
         return owners == expected and persons == live and spend == [1500.0]
 
-    wait_for(caught_up, 120, "the warehouse to hold every touch under its person's live id")
+    try:
+        wait_for(caught_up, 240, "the warehouse to hold every touch under its person's live id")
+    except AssertionError as exc:  # say what differs, and what the warehouse worker said
+        tail = deployment.logs[1].read_text(errors="replace")[-1500:]
+        state = deployment.workers[1].poll()
+        raise AssertionError(f"{exc}: {'; '.join(differs)}; warehouse worker exit {state}, log: {tail}") from None
     letters = [DeadLetter.model_validate_json(v) for _, v in deployment.read(settings.warehouse_dlq_topic) if v]
     assert [e["field"] for letter in letters for e in letter.error["errors"]] == ["cost"]
 
