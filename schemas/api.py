@@ -371,6 +371,14 @@ _MODELS: tuple[type[BaseModel], ...] = (
 )
 
 
+def _touch_events(limit: int, description: str | None = None) -> dict[str, Any]:
+    """A request body of 1 to ``limit`` touch events."""
+    schema: dict[str, Any] = {"type": "array", "minItems": 1, "maxItems": limit, "items": _ref("TouchEvent")}
+    if description:
+        schema["description"] = description
+    return schema
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -531,13 +539,9 @@ def openapi(version: str) -> dict[str, Any]:
                         "required": True,
                         "content": {
                             "application/json": {
-                                "schema": {
-                                    "type": "array",
-                                    "minItems": 1,
-                                    "maxItems": MAX_PREVIEW,
-                                    "items": _ref("TouchEvent"),
-                                    "description": "Touch events in the wire format (touch-event.v1.json).",
-                                }
+                                "schema": _touch_events(
+                                    MAX_PREVIEW, "Touch events in the wire format (touch-event.v1.json)."
+                                )
                             }
                         },
                     },
@@ -589,14 +593,7 @@ def openapi(version: str) -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "array",
-                                    "minItems": 1,
-                                    "maxItems": MAX_INGEST,
-                                    "items": _ref("TouchEvent"),
-                                }
-                            },
+                            "application/json": {"schema": _touch_events(MAX_INGEST)},
                             "application/x-ndjson": {"schema": {"type": "string", "description": "JSON lines."}},
                         },
                     },

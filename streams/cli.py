@@ -592,20 +592,38 @@ def cmd_connect_direct(args: argparse.Namespace) -> int:
     login = args.login or settings.direct_login
     checkpoint = Path(args.checkpoint or settings.state_file.parent / f"direct-{login or 'own'}.json")
     reports = Reports(settings.direct_url, settings.direct_token.get_secret_value(), login)
-    try:
-        date1, date2 = _spend_period(checkpoint, args.date_from, args.date_to, restated=3)  # Direct restates days
-        found = servers(settings)
+
+    def fetch(date1: str, date2: str) -> list[Any]:
         sys.stderr.write(f"Direct report {date1}..{date2}: waiting for it\n")
         tsv = reports.fetch(reports.body(date1, date2, vat=args.vat), patience=args.patience)
-        rows = list(spend_rows(tsv, currency=args.currency, account=login or "", campaign_by=args.campaign))
+        return list(spend_rows(tsv, currency=args.currency, account=login or "", campaign_by=args.campaign))
+
+    return _pull_spend("direct", settings, args, checkpoint, fetch, restated=3)  # Direct restates its last days
+
+
+def _pull_spend(
+    vendor: str,
+    settings: Settings,
+    args: argparse.Namespace,
+    checkpoint: Path,
+    fetch: Callable[[str, str], list[Any]],
+    *,
+    restated: int,
+) -> int:
+    """Pull a cabinet's cost for the period after the checkpoint (and the days it restates), produce it to the
+    spend topic, and move the checkpoint once every row is acknowledged."""
+    try:
+        date1, date2 = _spend_period(checkpoint, args.date_from, args.date_to, restated=restated)
+        found = servers(settings)
+        rows = fetch(date1, date2)
         failed = _produce_spend(settings, found.kafka, rows, args.delivery_timeout)
     except IdstreamError as exc:
-        return _spend_done("direct", exc.message, 1 if exc.retriable else 2)
+        return _spend_done(vendor, exc.message, 1 if exc.retriable else 2)
     if failed:
-        return _spend_done("direct", failed, 1)
+        return _spend_done(vendor, failed, 1)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.write_text(json.dumps({"last_finished": date2}), encoding="utf-8")
-    return _spend_done("direct", f"{len(rows)} spend rows {date1}..{date2} to {settings.spend_topic}", 0)
+    return _spend_done(vendor, f"{len(rows)} spend rows {date1}..{date2} to {settings.spend_topic}", 0)
 
 
 def _spend_done(vendor: str, message: str, code: int) -> int:
@@ -665,19 +683,12 @@ def cmd_connect_vkads(args: argparse.Namespace) -> int:
     token_file = Path(args.token_file or state / f"vkads-{settings.vkads_client_id}.token")
     api = VkAds(settings.vkads_url, settings.vkads_client_id, settings.vkads_client_secret.get_secret_value(),
                 token_file)  # fmt: skip
-    try:
-        date1, date2 = _spend_period(checkpoint, args.date_from, args.date_to, restated=7)
-        found = servers(settings)
-        rows = spend_rows(api, date.fromisoformat(date1), date.fromisoformat(date2), currency=args.currency,
-                          source=args.source, medium=args.medium, campaign_by=args.campaign)  # fmt: skip
-        failed = _produce_spend(settings, found.kafka, rows, args.delivery_timeout)
-    except IdstreamError as exc:
-        return _spend_done("vkads", exc.message, 1 if exc.retriable else 2)
-    if failed:
-        return _spend_done("vkads", failed, 1)
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_text(json.dumps({"last_finished": date2}), encoding="utf-8")
-    return _spend_done("vkads", f"{len(rows)} spend rows {date1}..{date2} to {settings.spend_topic}", 0)
+
+    def fetch(date1: str, date2: str) -> list[Any]:
+        return list(spend_rows(api, date.fromisoformat(date1), date.fromisoformat(date2), currency=args.currency,
+                               source=args.source, medium=args.medium, campaign_by=args.campaign))  # fmt: skip
+
+    return _pull_spend("vkads", settings, args, checkpoint, fetch, restated=7)
 
 
 def _kafka_or_none(settings: Settings) -> str | None:

@@ -30,6 +30,7 @@ __all__ = [
     "event_id",
     "nested_form",
     "payload_of",
+    "vendor_event_id",
     "wire_event",
 ]
 
@@ -117,6 +118,12 @@ def event_id(source: str, *parts: object) -> str:
     if len(text) <= 100 and re.fullmatch(r"[\w.:@-]+", text):
         return f"{source}-{text}"
     return f"{source}-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
+
+
+def vendor_event_id(source: str, vendor_id: str | None, payload: Mapping[str, Any], *scope: str) -> str:
+    """The event id of a vendor's notification: its own id, or, when it sends none, a digest of the whole payload
+    (a redelivery carries the same payload, so it is the same event)."""
+    return event_id(source, *scope, vendor_id or repr(sorted(payload.items())))
 
 
 def wire_event(

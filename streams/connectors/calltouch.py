@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.connectors import HookRequest, MappingError, event_id, payload_of, wire_event
+from streams.connectors import HookRequest, MappingError, payload_of, vendor_event_id, wire_event
 from streams.connectors.fields import Fields, parse_time, zone
-
-_UTM = ("source", "medium", "campaign", "content", "term")
 
 
 def touches(hook: HookRequest) -> list[dict[str, Any]]:
@@ -52,7 +50,7 @@ def touches(hook: HookRequest) -> list[dict[str, Any]]:
     operator = f.text("manager", "operator", "employee")
     if operator:
         call["operator"] = operator[:128]
-    utm = {tag: v[:1024] for tag in _UTM if (v := f.text(f"utm_{tag}"))}
+    utm = f.utm()
     if not utm:
         utm = {tag: v[:1024] for tag in ("source", "medium") if (v := f.text(tag))}
     attributes: dict[str, Any] = {}
@@ -65,12 +63,10 @@ def touches(hook: HookRequest) -> list[dict[str, Any]]:
         found = f.text(*aliases)
         if found:
             attributes[label] = found[:1024]
-    call_id = f.text("callId", "callid", "call_id")
-    key = call_id or repr(sorted(payload.items()))  # no call id: the payload's digest names it
     return [
         wire_event(
             "calltouch",
-            event_id("calltouch", key),
+            vendor_event_id("calltouch", f.text("callId", "callid", "call_id"), payload),
             "call",
             occurred_at=moment or hook.received_at,
             identifiers=identifiers,

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.connectors import HookRequest, MappingError, event_id, payload_of, wire_event
+from streams.connectors import HookRequest, MappingError, payload_of, vendor_event_id, wire_event
 from streams.connectors.fields import Fields, parse_time, zone
-
-_UTM = ("source", "medium", "campaign", "content", "term")
 
 
 def touches(hook: HookRequest) -> list[dict[str, Any]]:
@@ -57,18 +55,15 @@ def touches(hook: HookRequest) -> list[dict[str, Any]]:
     site = f.text("site_domain_name")
     if site:
         attributes["site"] = site[:256]
-    utm = {tag: v[:1024] for tag in _UTM if (v := f.text(f"utm_{tag}"))}
-    session = f.text("call_session_id")
-    key = session or repr(sorted(payload.items()))  # no session id: the payload's digest names it
     return [
         wire_event(
             "comagic",
-            event_id("comagic", key),
+            vendor_event_id("comagic", f.text("call_session_id"), payload),
             "call",
             occurred_at=moment or hook.received_at,
             identifiers=identifiers,
             attributes=attributes,
             call=call,
-            utm=utm,
+            utm=f.utm(),
         )
     ]

@@ -9,7 +9,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.connectors import MappingError
 
-__all__ = ["Fields", "parse_time"]
+__all__ = ["UTM_TAGS", "Fields", "parse_time"]
+
+#: The UTM tags of the wire format, as vendors name them after ``utm_``.
+UTM_TAGS = ("source", "medium", "campaign", "content", "term")
 
 _TIME_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%d.%m.%Y %H:%M:%S")
 
@@ -64,6 +67,10 @@ class Fields:
         if text in ("false", "0", "no", "n", "нет", "unsuccessful", "failed", "fail"):
             return False
         return None
+
+    def utm(self) -> dict[str, str]:
+        """The ``utm_*`` fields given, by tag (each at most 1,024 characters)."""
+        return {tag: value[:1024] for tag in UTM_TAGS if (value := self.text(f"utm_{tag}"))}
 
     def names(self) -> Sequence[str]:
         return list(self.payload)

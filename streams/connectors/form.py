@@ -12,9 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.connectors import HookRequest, MappingError, client_ids_from_cookies, event_id, payload_of, wire_event
+from streams.connectors import (
+    HookRequest,
+    MappingError,
+    client_ids_from_cookies,
+    payload_of,
+    vendor_event_id,
+    wire_event,
+)
+from streams.connectors.fields import UTM_TAGS
 
-_UTM = ("source", "medium", "campaign", "content", "term")
 _PLAIN_ATTRIBUTES = frozenset({"name", "project", "page"})
 
 
@@ -46,19 +53,12 @@ def touches(hook: HookRequest) -> list[dict[str, Any]]:
     if not identifiers:
         mapped = ", ".join(sorted(mapping)) or "none"
         raise MappingError(f"form {name[:64]!r}: none of its mapped fields ({mapped[:200]}) holds a value")
-    utm = {
-        k: str(payload[f"utm_{k}"]) for k in _UTM if isinstance(payload.get(f"utm_{k}"), str) and payload[f"utm_{k}"]
-    }
+    utm = {tag: value for tag in UTM_TAGS if isinstance(value := payload.get(f"utm_{tag}"), str) and value}
     given = payload.get("event_id")
-    eid = (
-        event_id("form", name, given)
-        if isinstance(given, str) and given
-        else event_id("form", name, repr(sorted(payload.items())))
-    )
     return [
         wire_event(
             "form",
-            eid,
+            vendor_event_id("form", given if isinstance(given, str) else None, payload, name),
             "form_submit",
             occurred_at=hook.received_at,
             identifiers=identifiers,

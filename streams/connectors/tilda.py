@@ -12,10 +12,16 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from streams.connectors import HookRequest, MappingError, client_ids_from_cookies, event_id, payload_of, wire_event
-from streams.connectors.fields import Fields
+from streams.connectors import (
+    HookRequest,
+    MappingError,
+    client_ids_from_cookies,
+    payload_of,
+    vendor_event_id,
+    wire_event,
+)
+from streams.connectors.fields import UTM_TAGS, Fields
 
-_UTM = ("source", "medium", "campaign", "content", "term")
 _IDENTITY_FIELDS = {
     "phone": ("phone", "tel", "telephone", "телефон"),
     "email": ("email", "e-mail", "mail", "почта"),
@@ -34,7 +40,7 @@ def _tilda_utm(cookies: str) -> dict[str, str]:
         for pair in unquote(value).split("|||"):
             key, _, tag = pair.partition("=")
             key = key.removeprefix("amp;").strip().lower()
-            if key.startswith("utm_") and key[4:] in _UTM and tag.strip():
+            if key.startswith("utm_") and key[4:] in UTM_TAGS and tag.strip():
                 out[key[4:]] = tag.strip()[:1024]
         return out
     return {}
@@ -69,17 +75,11 @@ def touches(hook: HookRequest) -> list[dict[str, Any]] | None:
             continue
         if len(attributes) < 100:
             attributes.setdefault(key[:64], value.strip()[:4096])
-    utm = _tilda_utm(cookies)
-    for tag in _UTM:
-        given = fields.text(f"utm_{tag}")
-        if given:
-            utm[tag] = given[:1024]
-    tranid = fields.text("tranid")
-    eid = event_id("tilda", tranid) if tranid else event_id("tilda", repr(sorted(payload.items())))
+    utm = {**_tilda_utm(cookies), **fields.utm()}  # the form's own utm_ fields win over the TILDAUTM cookie
     return [
         wire_event(
             "tilda",
-            eid,
+            vendor_event_id("tilda", fields.text("tranid"), payload),
             "form_submit",
             occurred_at=hook.received_at,
             identifiers=identifiers,
